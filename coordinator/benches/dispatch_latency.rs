@@ -1,0 +1,405 @@
+//! Dispatch latency: a job becomes ready → its agent holds the `assign` command, with many
+//! simulated agents (lightweight rumqttc clients in this process) over the embedded broker,
+//! and over Mosquitto when `MUNIFAB_TEST_MQTT_URL` is set. The coordinator runs as its own
+//! process (`munifab-coordinator serve`), so its RSS is its own.
+//!
+//! `cargo bench -p munifab-coordinator --bench dispatch_latency`
+//! (`MUNIFAB_BENCH_AGENTS`, default 1000; `MUNIFAB_BENCH_JOBS`, default = agents).
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[path = "../tests/common/http.rs"]
+mod http;
+
+use munifab_coordinator::auth::{Grant, Role};
+use munifab_coordinator::store::{NewToken, Store};
+use munifab_protocol::{
+    AgentId, AgentStatus, Box3, Capabilities, Command as Cmd, Firmware, MachineId, MachineState,
+    MachineStatus, Message, Presence, Process, SigningKey, StateBody, StatusBody, Topic, Vec3,
+};
+use rumqttc::{AsyncClient, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+
+const CUBE: &str = "; bench cube\nM140 S60\nM104 S210\nG28\nG90\nM82\nG92 E0\nG1 Z0.2 F3000\n\
+                    G1 X10 Y10 E1 F1500\nG1 X20 Y10 E2\nG1 X20 Y20 E3\nM104 S0\nM140 S0\n";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn caps() -> Capabilities {
+    Capabilities {
+        process: Process::Fdm,
+        firmware: Firmware::Marlin,
+        build_volume: Box3 {
+            min: Vec3::default(),
+            max: Vec3 {
+                x: 220.0,
+                y: 220.0,
+                z: 250.0,
+            },
+        },
+        nozzle_diameter_mm: Some(0.4),
+        materials: vec!["PLA".into()],
+        max_hotend_temp_c: Some(260.0),
+        max_bed_temp_c: Some(100.0),
+        spindle_max_rpm: None,
+        tool_count: 1,
+    }
+}
+
+/// Wall-clock time in (fractional) Unix milliseconds: comparable with the coordinator's
+/// `queued_ms`, which is whole milliseconds.
+fn wall_ms() -> f64 {
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as f64 / 1e6
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// One simulated agent: announces one ready machine, reports each assign it receives.
+fn spawn_agent(
+    host: String,
+    port: u16,
+    id: AgentId,
+    token: String,
+    assigned: mpsc::UnboundedSender<(String, Instant, f64)>,
+) {
+    tokio::spawn(async move {
+        let key = SigningKey::derive(&token);
+        let mut o = MqttOptions::new(id.as_str(), host, port);
+        o.set_keep_alive(Duration::from_secs(60));
+        o.set_credentials(id.as_str(), token.as_str());
+        let (client, mut events) = AsyncClient::new(o, 10);
+        let machine = MachineId::new("m").unwrap();
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client
+                        .try_subscribe(Topic::Commands(id.clone()).to_string(), QoS::AtLeastOnce);
+                    let t = Topic::Status(id.clone());
+                    let status = Message::stamped(StatusBody::AgentStatus(AgentStatus {
+                        state: Presence::Online,
+                        version: "bench".into(),
+                        site: None,
+                        machines: vec![machine.clone()],
+                        last_will: false,
+                    }));
+                    let payload = key.sign(&t.to_string(), &status.to_json());
+                    let _ = client.try_publish(t.to_string(), QoS::AtLeastOnce, true, payload);
+                    let t = Topic::MachineState(id.clone(), machine.clone());
+                    let state = Message::stamped(StateBody::MachineState(MachineState {
+                        machine: machine.clone(),
+                        state: MachineStatus::Ready,
+                        capabilities: caps(),
+                        job: None,
+                        needs_confirmation: true,
+                        detail: None,
+                    }));
+                    let payload = key.sign(&t.to_string(), &state.to_json());
+                    let _ = client.try_publish(t.to_string(), QoS::AtLeastOnce, true, payload);
+                }
+                Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => {
+                    let at = Instant::now();
+                    let wall = wall_ms();
+                    if key.verify(&p.topic, &p.payload).is_ok()
+                        && let Ok(m) = Message::<Cmd>::from_json(&p.payload)
+                        && let Cmd::Assign(a) = m.body
+                    {
+                        let _ = assigned.send((a.job.to_string(), at, wall));
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    });
+}
+
+/// Removes the retained status and state this benchmark's agents leave on a broker, so a
+/// run never starts with thousands of stale retained messages flooding the coordinator.
+async fn clear_retained(host: &str, port: u16, agents: usize) {
+    let mut o = MqttOptions::new(
+        format!("bench-cleaner-{}", uuid::Uuid::new_v4().simple()),
+        host,
+        port,
+    );
+    o.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(o, 4096);
+    let topics: Vec<String> = (0..agents)
+        .flat_map(|i| {
+            let id = AgentId::new(format!("bench-{i:05}")).unwrap();
+            [
+                Topic::Status(id.clone()).to_string(),
+                Topic::MachineState(id, MachineId::new("m").unwrap()).to_string(),
+            ]
+        })
+        .collect();
+    let total = topics.len();
+    tokio::spawn(async move {
+        for t in topics {
+            client
+                .publish(t, QoS::AtLeastOnce, true, Vec::new())
+                .await
+                .unwrap();
+        }
+    });
+    let mut acked = 0;
+    while acked < total {
+        if let rumqttc::Event::Incoming(Packet::PubAck(_)) =
+            events.poll().await.expect("the broker accepts the cleaner")
+        {
+            acked += 1;
+        }
+    }
+}
+
+struct Run {
+    label: String,
+    agents: usize,
+    e2e_ms: Vec<f64>,
+    http_ms: Vec<f64>,
+    ready_ms: Vec<f64>,
+    internal_mean_ms: f64,
+    rss_kib: u64,
+    peak_kib: u64,
+}
+
+async fn run(agents: usize, jobs: usize, external: Option<String>) -> Run {
+    let dir = std::env::temp_dir().join(format!("munifab-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Store::open_sqlite(&dir.join("munifab.db")).await.unwrap();
+    store.migrate().await.unwrap();
+    let token = |grant| NewToken {
+        grant,
+        label: "bench".into(),
+    };
+    let maker = store
+        .create_token(&token(Grant::new(Role::Maker, Some("coop")).unwrap()), 0)
+        .await
+        .unwrap()
+        .1;
+    let admin = store.create_token(&token(Grant::Admin), 0).await.unwrap().1;
+    let mut agent_tokens = Vec::new();
+    for i in 0..agents {
+        let id = AgentId::new(format!("bench-{i:05}")).unwrap();
+        store.register_agent(&id, Some("site"), 0).await.unwrap();
+        let secret = store
+            .create_token(&token(Grant::Agent(id.clone())), 0)
+            .await
+            .unwrap()
+            .1;
+        agent_tokens.push((id, secret));
+    }
+    store.close().await;
+
+    let http_port = free_port();
+    let mqtt_port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_munifab-coordinator"));
+    cmd.arg("serve")
+        .env("MUNIFAB_DATA_DIR", &dir)
+        .env_remove("MUNIFAB_DATABASE_URL")
+        .env("MUNIFAB_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
+        .env("MUNIFAB_LOG", "warn")
+        .env(
+            "MUNIFAB_MQTT_CLIENT_ID",
+            format!("bench-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .stdout(Stdio::null());
+    let (host, port, label) = match &external {
+        Some(url) => {
+            cmd.env("MUNIFAB_MQTT_MODE", "external")
+                .env("MUNIFAB_MQTT_URL", url);
+            let (h, p) = munifab_tests::services::host_port(url).unwrap();
+            (h, p, format!("Mosquitto at {url}"))
+        }
+        None => {
+            cmd.env("MUNIFAB_MQTT_LISTEN", format!("127.0.0.1:{mqtt_port}"));
+            (
+                "127.0.0.1".to_string(),
+                mqtt_port,
+                "embedded broker (ACL front + rumqttd)".to_string(),
+            )
+        }
+    };
+    if external.is_some() {
+        clear_retained(&host, port, agents).await;
+    }
+    let mut child: Child = cmd.spawn().unwrap();
+    let api = SocketAddr::from((Ipv4Addr::LOCALHOST, http_port));
+    while tokio::net::TcpStream::connect(api).await.is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "coordinator exited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let (tx, mut assigned) = mpsc::unbounded_channel();
+    let started = Instant::now();
+    // Agents come online in batches, as sites do: a burst of thousands of retained
+    // messages at once overflows a default Mosquitto's per-client queue (1000 messages).
+    let mut connected = 0;
+    for batch in agent_tokens.chunks(100) {
+        for (id, secret) in batch {
+            spawn_agent(host.clone(), port, id.clone(), secret.clone(), tx.clone());
+        }
+        connected += batch.len();
+        loop {
+            let r = http::request(api, "GET", "/api/v1/machines", Some(&admin), &[], b"").await;
+            let ready = r
+                .json()
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["state"] == "ready" && m["agent_online"] == true)
+                .count();
+            if ready >= connected {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(300),
+                "only {ready} of {connected} machines ready after 300 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let connect_s = started.elapsed().as_secs_f64();
+
+    let mut e2e = Vec::new();
+    let mut http_ms = Vec::new();
+    let mut ready_ms = Vec::new();
+    let mut early: HashMap<String, (Instant, f64)> = HashMap::new();
+    for _ in 0..jobs {
+        let t0 = Instant::now();
+        let resp = http::upload(api, &maker, CUBE.as_bytes()).await;
+        let t201 = Instant::now();
+        assert_eq!(resp.status, 201, "{}", String::from_utf8_lossy(&resp.body));
+        let job_json = resp.json();
+        let id = job_json["id"].as_str().unwrap().to_string();
+        let queued_ms = job_json["queued_ms"].as_f64().unwrap();
+        let (at, wall) = loop {
+            if let Some(x) = early.remove(&id) {
+                break x;
+            }
+            let (job, at, wall) = tokio::time::timeout(Duration::from_secs(30), assigned.recv())
+                .await
+                .expect("an assign within 30 s")
+                .unwrap();
+            if job == id {
+                break (at, wall);
+            }
+            early.insert(job, (at, wall));
+        };
+        ready_ms.push(wall - queued_ms);
+        e2e.push(at.duration_since(t0).as_secs_f64() * 1000.0);
+        http_ms.push(t201.duration_since(t0).as_secs_f64() * 1000.0);
+    }
+    let (rss, peak) = rss_kib(child.id());
+    let metrics = http::request(api, "GET", "/metrics", None, &[], b"").await;
+    let text = String::from_utf8(metrics.body).unwrap();
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let count = value("munifab_dispatch_latency_seconds_count");
+    let internal_mean_ms = value("munifab_dispatch_latency_seconds_sum") * 1000.0 / count.max(1.0);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    if external.is_some() {
+        clear_retained(&host, port, agents).await;
+    }
+    eprintln!("  ({label}: {agents} agents connected and ready in {connect_s:.1} s)");
+    Run {
+        label,
+        agents,
+        e2e_ms: e2e,
+        http_ms,
+        ready_ms,
+        internal_mean_ms,
+        rss_kib: rss,
+        peak_kib: peak,
+    }
+}
+
+fn main() {
+    let agents = env_usize("MUNIFAB_BENCH_AGENTS", 1000);
+    let jobs = env_usize("MUNIFAB_BENCH_JOBS", agents).min(agents);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut brokers = vec![None];
+    brokers.extend(munifab_tests::services::mqtt_url().map(Some));
+    for broker in brokers {
+        let mut r = rt.block_on(run(agents, jobs, broker));
+        r.e2e_ms.sort_by(f64::total_cmp);
+        r.http_ms.sort_by(f64::total_cmp);
+        r.ready_ms.sort_by(f64::total_cmp);
+        println!(
+            "dispatch latency over the {}, {} agents, {} jobs",
+            r.label,
+            r.agents,
+            r.e2e_ms.len()
+        );
+        println!(
+            "  upload sent -> agent holds assign: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (goal p99 <= 10 ms)",
+            percentile(&r.e2e_ms, 0.5),
+            percentile(&r.e2e_ms, 0.99),
+            r.e2e_ms.last().copied().unwrap_or(0.0)
+        );
+        println!(
+            "  job queued (its queued_ms, whole ms) -> agent holds assign: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (goal p99 <= 10 ms)",
+            percentile(&r.ready_ms, 0.5),
+            percentile(&r.ready_ms, 0.99),
+            r.ready_ms.last().copied().unwrap_or(0.0)
+        );
+        println!(
+            "    the HTTP upload + analysis until 201: p50 {:.2} ms, p99 {:.2} ms",
+            percentile(&r.http_ms, 0.5),
+            percentile(&r.http_ms, 0.99)
+        );
+        println!(
+            "  coordinator's own queued -> assign published (metrics): mean {:.2} ms",
+            r.internal_mean_ms
+        );
+        println!(
+            "  coordinator RSS {:.1} MiB (peak {:.1} MiB) with {} machines connected (goal <= 10 MB per 1,000 machines)",
+            r.rss_kib as f64 / 1024.0,
+            r.peak_kib as f64 / 1024.0,
+            r.agents
+        );
+    }
+}

@@ -1,0 +1,185 @@
+//! The `[catalog]` configuration section: git sources and local overlays.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::names::SourceName;
+
+/// Files larger than this are refused unless configured otherwise (32 MiB): big enough
+/// for a detailed STEP model, small enough that a sync cannot fill the disk by accident.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 32 * 1024 * 1024;
+
+fn default_max_file_bytes() -> u64 {
+    DEFAULT_MAX_FILE_BYTES
+}
+
+fn default_ref() -> String {
+    "main".into()
+}
+
+/// The catalog's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// Where the bare mirrors of the sources are kept (one per source).
+    pub cache_dir: PathBuf,
+    /// Git repositories of designs, fetched on sync.
+    #[serde(default)]
+    pub sources: Vec<GitSourceConfig>,
+    /// Plain folders of a fablab's own designs and adaptations, snapshotted on sync.
+    #[serde(default)]
+    pub overlays: Vec<OverlayConfig>,
+    /// Largest file a design may carry, in bytes.
+    #[serde(default = "default_max_file_bytes")]
+    pub max_file_bytes: u64,
+}
+
+/// A git repository of designs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitSourceConfig {
+    /// Name designs of this source are known by (`name/id`).
+    pub name: SourceName,
+    /// `file://` URL or local path of the repository.
+    pub url: String,
+    /// Branch, tag or full ref name to follow; `main` when not given.
+    #[serde(rename = "ref", default = "default_ref")]
+    pub git_ref: String,
+    /// Folder inside the repository that holds the designs; the root when not given.
+    #[serde(default)]
+    pub subdir: Option<String>,
+}
+
+/// A plain folder of designs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverlayConfig {
+    /// Name designs of this overlay are known by (`name/id`).
+    pub name: SourceName,
+    /// The folder.
+    pub path: PathBuf,
+}
+
+/// A configuration the catalog cannot work with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// Two sources or overlays share a name.
+    #[error("catalog source name `{0}` is used twice")]
+    DuplicateName(SourceName),
+    /// A source's URL is empty.
+    #[error("catalog source `{0}`: `url` must not be empty")]
+    EmptyUrl(SourceName),
+    /// A source's URL uses a transport this build does not include.
+    #[error(
+        "catalog source `{name}`: `{url}` uses a transport this build does not support; use a file:// URL or a local path"
+    )]
+    UnsupportedUrl {
+        /// The source.
+        name: SourceName,
+        /// The URL.
+        url: String,
+    },
+    /// A ref is empty or contains spaces or `:`.
+    #[error("catalog source `{0}`: `ref` must be a branch, tag or ref name")]
+    BadRef(SourceName),
+    /// A subdir is absolute or uses `..`.
+    #[error("catalog source `{0}`: `subdir` must be a relative folder without `..`")]
+    BadSubdir(SourceName),
+    /// The file size limit is zero.
+    #[error("catalog `max_file_bytes` must be above zero")]
+    ZeroLimit,
+}
+
+impl CatalogConfig {
+    /// Check what serde cannot: unique names, usable refs and subdirs.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut names = BTreeSet::new();
+        let all = self
+            .sources
+            .iter()
+            .map(|s| &s.name)
+            .chain(self.overlays.iter().map(|o| &o.name));
+        for name in all {
+            if !names.insert(name) {
+                return Err(ConfigError::DuplicateName(name.clone()));
+            }
+        }
+        for s in &self.sources {
+            if s.url.trim().is_empty() {
+                return Err(ConfigError::EmptyUrl(s.name.clone()));
+            }
+            // http(s), ssh and git:// transports are not compiled in (see docs/designs.md).
+            let lower = s.url.to_ascii_lowercase();
+            if ["http://", "https://", "ssh://", "git://"]
+                .iter()
+                .any(|p| lower.starts_with(p))
+                || (lower.contains('@') && lower.contains(':') && !lower.contains("://"))
+            {
+                return Err(ConfigError::UnsupportedUrl {
+                    name: s.name.clone(),
+                    url: s.url.clone(),
+                });
+            }
+            if s.git_ref.is_empty() || s.git_ref.contains(|c: char| c.is_whitespace() || c == ':') {
+                return Err(ConfigError::BadRef(s.name.clone()));
+            }
+            if let Some(sub) = &s.subdir
+                && (sub.starts_with('/') || sub.split('/').any(|p| p == ".."))
+            {
+                return Err(ConfigError::BadSubdir(s.name.clone()));
+            }
+        }
+        if self.max_file_bytes == 0 {
+            return Err(ConfigError::ZeroLimit);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<CatalogConfig, String> {
+        let c: CatalogConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    #[test]
+    fn a_source_with_subdir_and_an_overlay_parse_with_defaults() {
+        let c = parse(
+            r#"
+cache_dir = "/var/cache/munifab"
+[[sources]]
+name = "commons"
+url = "."
+subdir = "designs"
+[[overlays]]
+name = "fablab"
+path = "/srv/designs"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.sources[0].git_ref, "main");
+        assert_eq!(c.max_file_bytes, DEFAULT_MAX_FILE_BYTES);
+    }
+
+    #[test]
+    fn unknown_keys_duplicate_names_and_remote_transports_are_refused() {
+        assert!(
+            parse("cache_dir = \"x\"\ncolour = 1")
+                .unwrap_err()
+                .contains("colour")
+        );
+        let dup = "cache_dir = \"x\"\n[[sources]]\nname = \"a\"\nurl = \"/r\"\n[[overlays]]\nname = \"a\"\npath = \"/o\"";
+        assert!(parse(dup).unwrap_err().contains("used twice"));
+        let http =
+            "cache_dir = \"x\"\n[[sources]]\nname = \"a\"\nurl = \"https://example.org/r.git\"";
+        assert!(parse(http).unwrap_err().contains("file://"));
+        let up = "cache_dir = \"x\"\n[[sources]]\nname = \"a\"\nurl = \"/r\"\nsubdir = \"../x\"";
+        assert!(parse(up).unwrap_err().contains("subdir"));
+    }
+}

@@ -1,0 +1,282 @@
+//! The dispatcher: the one task that turns what agents say and what the API queued into
+//! decisions. It ingests agent messages, places queued jobs on free machines (each
+//! assignment one transaction with its `assign` command in the outbox), publishes the
+//! outbox, re-sends an agent's pending commands whenever it comes online, and expires
+//! jobs whose agent stayed offline beyond the grace period.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use munifab_protocol::{AgentId, Artifact, Assign, Command, Message};
+use rumqttc::{AsyncClient, QoS};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::metrics::Metrics;
+use crate::mqtt::ingest::{Ingested, ingest};
+use crate::mqtt::link::LinkEvent;
+use crate::scheduler;
+use crate::store::{EventOutcome, LostPolicy, QueuedCommand, Store, StoreError};
+
+/// Machine time used in this window counts towards a cooperative's fair share.
+const FAIR_SHARE_WINDOW: time::Duration = time::Duration::days(7);
+/// Queued jobs one plan considers at most.
+const SNAPSHOT_JOBS: u32 = 5000;
+
+/// Dispatch policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DispatchSettings {
+    /// How long an agent may be offline before its job is lost.
+    pub offline_grace: Duration,
+    /// What happens to a lost job.
+    pub lost_policy: LostPolicy,
+    /// Rejections after which a job fails instead of returning to the queue.
+    pub max_rejections: u32,
+    /// How often the grace period is checked.
+    pub tick: Duration,
+    /// Base URL agents download artifacts from (`{base}/api/v1/artifacts/{sha256}`).
+    pub public_url: String,
+}
+
+/// The dispatcher and what it needs.
+pub struct Dispatcher {
+    store: Store,
+    client: AsyncClient,
+    metrics: Arc<Metrics>,
+    clock: Clock,
+    settings: DispatchSettings,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dispatcher {
+    /// A dispatcher publishing through `client`.
+    pub fn new(
+        store: Store,
+        client: AsyncClient,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+        settings: DispatchSettings,
+    ) -> Self {
+        Self {
+            store,
+            client,
+            metrics,
+            clock,
+            settings,
+        }
+    }
+
+    fn now(&self) -> i64 {
+        (self.clock)()
+    }
+
+    /// Runs until `shutdown` (or the link closes), stopping between two steps.
+    pub async fn run(
+        self,
+        mut inbound: mpsc::Receiver<LinkEvent>,
+        kick: Arc<Notify>,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(self.settings.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let work = tokio::select! {
+                () = shutdown.cancelled() => break,
+                ev = inbound.recv() => match ev {
+                    None => break,
+                    Some(LinkEvent::Connected) => self.resend_to_online_agents().await.map(|()| true),
+                    Some(LinkEvent::Message { topic, payload }) => self.on_message(&topic, &payload).await,
+                },
+                () = kick.notified() => Ok(true),
+                _ = tick.tick() => self.expire_lost().await.map(|()| true),
+            };
+            let result = match work {
+                Ok(true) => self.dispatch().await,
+                other => other.map(|_| ()),
+            };
+            if let Err(e) = result {
+                tracing::error!(error = %e, "dispatcher step failed; continuing");
+            }
+        }
+        tracing::info!("dispatcher stopped");
+    }
+
+    /// Handles one agent message; returns whether placement should run.
+    async fn on_message(&self, topic: &str, payload: &[u8]) -> Result<bool, StoreError> {
+        self.metrics.mqtt_in();
+        let now = self.now();
+        match ingest(
+            &self.store,
+            topic,
+            payload,
+            self.settings.max_rejections,
+            now,
+        )
+        .await
+        {
+            Ok(Ingested::AgentOnline(agent)) => {
+                self.resend(&agent).await?;
+                Ok(true)
+            }
+            Ok(Ingested::AgentOffline(agent)) => {
+                tracing::info!(%agent, "agent offline");
+                Ok(false)
+            }
+            Ok(Ingested::MachineState) => Ok(true),
+            Ok(Ingested::Event(outcome)) => {
+                match &outcome {
+                    EventOutcome::Stale {
+                        job,
+                        cancel: Some(c),
+                    } => {
+                        tracing::warn!(job = %job.id, agent = %c.agent, "stale run reported; cancelling it");
+                        self.publish(c).await?;
+                    }
+                    EventOutcome::Applied(job) => {
+                        tracing::debug!(job = %job.id, state = %job.state, "job event applied")
+                    }
+                    other => tracing::debug!(?other, "job event not applied"),
+                }
+                Ok(true)
+            }
+            Ok(Ingested::Nothing) => Ok(false),
+            Err(crate::mqtt::ingest::Dropped::Store(e)) => Err(e),
+            Err(why) => {
+                self.metrics.mqtt_dropped();
+                tracing::warn!(%topic, %why, "dropped an MQTT message");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Places queued jobs with the cooperative scheduler ([`crate::scheduler::plan`] over a
+    /// snapshot of the store) and publishes whatever the outbox holds for online agents.
+    pub async fn dispatch(&self) -> Result<(), StoreError> {
+        let now = self.now();
+        let queue = self.store.queued_jobs(SNAPSHOT_JOBS).await?;
+        // Most passes (telemetry, state reports) find nothing queued: no snapshot then.
+        if !queue.is_empty() {
+            let queued_ms: std::collections::HashMap<_, _> =
+                queue.iter().map(|j| (j.id, j.queued_ms)).collect();
+            let snapshot = self
+                .store
+                .scheduler_snapshot_of(queue, now, FAIR_SHARE_WINDOW)
+                .await?;
+            let at = time::OffsetDateTime::from_unix_timestamp(now.div_euclid(1000))
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+            for a in scheduler::plan(&snapshot, at) {
+                let queued = queued_ms.get(&a.job).copied().flatten();
+                self.assign(&a, queued).await?;
+            }
+        }
+        for agent in self.store.agents_with_unsent_commands().await? {
+            for cmd in self.store.unsent_commands(&agent).await? {
+                self.publish(&cmd).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Assigns one placement and publishes its command.
+    async fn assign(
+        &self,
+        a: &scheduler::Assignment,
+        queued_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let now = self.now();
+        let base = self.settings.public_url.trim_end_matches('/').to_string();
+        let (agent, machine) = (&a.machine.agent, &a.machine.machine);
+        let assigned = self
+            .store
+            .assign_job_in_pool(a.job, agent, machine, Some(a.pool.as_str()), now, |job| {
+                Message::stamped(Command::Assign(Assign {
+                    job: job.id,
+                    epoch: job.epoch,
+                    machine: machine.clone(),
+                    artifact: Artifact {
+                        url: format!("{base}/api/v1/artifacts/{}", job.artifact),
+                        sha256: job.artifact.clone(),
+                        size: job.size,
+                    },
+                    requirements: job.requirements.clone(),
+                    analysis: job.analysis.clone(),
+                }))
+            })
+            .await;
+        let (job, cmd) = match assigned {
+            Ok(x) => x,
+            // Someone else moved it first (cancelled meanwhile, another replica).
+            Err(StoreError::Conflict(_) | StoreError::IllegalMove(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.publish(&cmd).await?;
+        self.metrics
+            .dispatch_latency((self.now() - queued_ms.unwrap_or(now)).max(0) as u64);
+        tracing::info!(job = %job.id, %agent, %machine, pool = %a.pool, epoch = job.epoch, "assigned");
+        Ok(())
+    }
+
+    async fn resend(&self, agent: &AgentId) -> Result<(), StoreError> {
+        for cmd in self.store.pending_commands(agent).await? {
+            self.publish(&cmd).await?;
+        }
+        Ok(())
+    }
+
+    async fn resend_to_online_agents(&self) -> Result<(), StoreError> {
+        for a in self.store.list_agents(None).await? {
+            if a.online {
+                self.resend(&a.id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn expire_lost(&self) -> Result<(), StoreError> {
+        let now = self.now();
+        let cutoff = now - self.settings.offline_grace.as_millis() as i64;
+        for job in self
+            .store
+            .expire_lost_jobs(cutoff, self.settings.lost_policy, now)
+            .await?
+        {
+            tracing::warn!(job = %job.id, state = %job.state, "job lost: its agent stayed offline");
+        }
+        Ok(())
+    }
+
+    /// Signs and publishes one outbox command, and records it as sent.
+    async fn publish(&self, cmd: &QueuedCommand) -> Result<(), StoreError> {
+        let Some(key) = self
+            .store
+            .agent_signing_keys(&cmd.agent)
+            .await?
+            .into_iter()
+            .next()
+        else {
+            tracing::warn!(agent = %cmd.agent, "no live token for agent; command kept in the outbox");
+            return Ok(());
+        };
+        let topic = cmd.topic().to_string();
+        let payload = key.sign(&topic, &cmd.json);
+        if let Err(e) = self
+            .client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+        {
+            // The link is gone (shutting down); the outbox keeps the command.
+            tracing::warn!(agent = %cmd.agent, error = %e, "publish failed; kept in the outbox");
+            return Ok(());
+        }
+        self.metrics.mqtt_out();
+        self.store.mark_sent(cmd.id, self.now()).await
+    }
+}

@@ -1,0 +1,99 @@
+//! The coordinator's MQTT client. One task owns the rumqttc event loop; it forwards
+//! inbound publishes to the dispatcher over a channel and (re)subscribes after every
+//! connection. Publishing goes through the cloneable [`rumqttc::AsyncClient`].
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use munifab_protocol::topic::filter;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Where and how the coordinator connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkSettings {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// MQTT client id (unique per coordinator replica).
+    pub client_id: String,
+    /// User name and password, if the broker wants them.
+    pub credentials: Option<(String, String)>,
+}
+
+/// What the link reports to the dispatcher.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LinkEvent {
+    /// (Re)connected and subscribed: commands may have been lost while away.
+    Connected,
+    /// A message from an agent.
+    Message {
+        /// Topic name.
+        topic: String,
+        /// Raw payload.
+        payload: Bytes,
+    },
+}
+
+/// Creates the client and its event loop (not yet running).
+pub fn client(settings: &LinkSettings) -> (AsyncClient, EventLoop) {
+    let mut o = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
+    o.set_keep_alive(Duration::from_secs(15));
+    // Commands are re-sent from the database; the broker's session queue is not relied on.
+    o.set_clean_session(true);
+    o.set_max_packet_size(512 * 1024, 512 * 1024);
+    if let Some((u, p)) = &settings.credentials {
+        o.set_credentials(u, p);
+    }
+    AsyncClient::new(o, 4096)
+}
+
+/// Runs the event loop until `shutdown`, then disconnects.
+pub async fn run(
+    client: AsyncClient,
+    mut events: EventLoop,
+    to_dispatcher: mpsc::Sender<LinkEvent>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let polled = tokio::select! {
+            () = shutdown.cancelled() => break,
+            polled = events.poll() => polled,
+        };
+        match polled {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                tracing::info!("connected to the MQTT broker");
+                for f in filter::coordinator() {
+                    if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
+                        tracing::error!(filter = %f, error = %e, "subscribe failed");
+                    }
+                }
+                if to_dispatcher.send(LinkEvent::Connected).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let msg = LinkEvent::Message {
+                    topic: p.topic,
+                    payload: p.payload,
+                };
+                if to_dispatcher.send(msg).await.is_err() {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "MQTT connection lost; reconnecting");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        }
+    }
+    let _ = client.try_disconnect();
+    // Let the DISCONNECT go out; a broken connection ends this at once.
+    let _ = tokio::time::timeout(Duration::from_secs(1), events.poll()).await;
+}

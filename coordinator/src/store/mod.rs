@@ -1,0 +1,214 @@
+//! The coordinator's database: one API over SQLite (default) and PostgreSQL.
+//!
+//! Everything goes through sqlx's `Any` driver with portable SQL (`$n` placeholders, which
+//! SQLite also understands; TEXT and BIGINT columns only; times as Unix
+//! milliseconds; JSON as TEXT), so one code path serves both backends and the same test
+//! suite proves both. Migrations are embedded in the binary and applied by [`Store::migrate`].
+//!
+//! Job state changes go through one function, [`jobs`]' `move_job`, which checks the
+//! lifecycle ([`crate::lifecycle`]), guards against a concurrent change, and writes the
+//! event row in the caller's transaction.
+
+mod coop;
+mod fleet;
+mod jobs;
+mod ledger;
+mod outbox;
+mod tokens;
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, AssertSqlSafe, SqlSafeStr};
+
+pub use coop::{AuditRecord, CooperativeRecord, PoolRecord, QuotaRecord, SiteRecord};
+pub use fleet::{AgentRecord, MachineRecord};
+pub use jobs::JobDesign;
+pub use jobs::{CommandOutcome, EventOutcome, Job, JobEvent, JobFilter, LostPolicy, NewJob, Page};
+pub use ledger::{DEFAULT_POOL, LedgerCheck, LedgerPage, UNKNOWN_SITE, default_watts};
+pub use outbox::{OutboxCommand, QueuedCommand};
+pub use tokens::{NewToken, TokenRecord};
+
+use crate::lifecycle::IllegalMove;
+
+/// Which database a [`Store`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file (WAL mode).
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database URL names no supported backend.
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://…")]
+    UnsupportedUrl(String),
+    /// The database refused or failed a statement.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Applying the embedded migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The named row does not exist.
+    #[error("{what} {id} not found")]
+    NotFound {
+        /// Kind of row (`job`, `token`, `machine`).
+        what: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// The lifecycle forbids the requested move.
+    #[error(transparent)]
+    IllegalMove(#[from] IllegalMove),
+    /// The row changed under this operation (another writer won); retry with fresh data.
+    #[error("job {0} changed concurrently")]
+    Conflict(String),
+    /// A ledger entry could not be sealed (its figures are out of range).
+    #[error("ledger: {0}")]
+    Ledger(#[from] crate::ledger::DraftError),
+    /// Appending to the ledger kept colliding with other writers.
+    #[error("ledger: gave up after {0} colliding appends")]
+    LedgerContention(u32),
+    /// A stored value could not be read back (a bug or a hand-edited database).
+    #[error("corrupt {column} in the database: {detail}")]
+    Corrupt {
+        /// The column that failed to decode.
+        column: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// The database handle: cheap to clone, shared by the API, the MQTT link and the dispatcher.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+const CORE_SQL: &str = include_str!("../../migrations/0001_core.sql");
+const LEDGER_SQL: &str = include_str!("../../migrations/0002_ledger.sql");
+const COOP_SQL: &str = include_str!("../../migrations/0003_cooperatives.sql");
+
+impl Store {
+    /// Connects to `url` (`sqlite://path`, created if missing, or `postgres://…`). Does not
+    /// migrate; call [`Store::migrate`].
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_string()));
+        };
+        let url = match backend {
+            Backend::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
+            _ => url.to_string(),
+        };
+        let options = AnyConnectOptions::from_str(&url)?;
+        // SQLite allows one writer; a single connection serialises writers in the pool
+        // instead of failing a transaction that upgrades from read to write under WAL.
+        let max = match backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => 8,
+        };
+        let mut pool_options = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(30));
+        if backend == Backend::Sqlite {
+            // Per-connection settings, so a connection the pool replaces gets them too. WAL
+            // lets readers (`migrate`, a second process) work beside the writer; NORMAL
+            // syncs at checkpoints rather than on every commit (in WAL mode a crash of the
+            // process loses no committed transaction; a power cut may lose the last ones).
+            pool_options = pool_options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::query("PRAGMA journal_mode=WAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA synchronous=NORMAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA busy_timeout=5000")
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = pool_options.connect_with(options).await?;
+        Ok(Store { pool, backend })
+    }
+
+    /// Opens (creating if needed) the SQLite file at `path`.
+    pub async fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
+        Store::connect(&format!("sqlite://{}", path.display())).await
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies the embedded migrations that have not run yet.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let serial = match self.backend {
+            Backend::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
+            Backend::Postgres => "BIGSERIAL PRIMARY KEY",
+        };
+        let core = CORE_SQL.replace("__SERIAL__", serial);
+        let migration = |version, name, sql: String| {
+            Migration::new(
+                version,
+                Cow::Borrowed(name),
+                MigrationType::Simple,
+                AssertSqlSafe(sql).into_sql_str(),
+                false,
+            )
+        };
+        let migrator = Migrator::with_migrations(vec![
+            migration(1, "core", core),
+            migration(2, "ledger", LEDGER_SQL.to_string()),
+            migration(3, "cooperatives", COOP_SQL.replace("__SERIAL__", serial)),
+        ]);
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes every connection (at shutdown).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// A cheap query proving the database answers (for `/healthz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Runs one statement as given (administration and test set-up, e.g. creating a schema).
+    pub async fn execute_raw(&self, sql: &str) -> Result<(), StoreError> {
+        sqlx::query(AssertSqlSafe(sql.to_string()))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
+
+fn corrupt(column: &'static str, detail: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        column,
+        detail: detail.to_string(),
+    }
+}

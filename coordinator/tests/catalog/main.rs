@@ -1,0 +1,7 @@
+//! Catalog integration tests: real git repositories, real folders, real mirrors.
+
+mod manifest_errors;
+mod provenance;
+mod shipped;
+mod sync;
+mod util;

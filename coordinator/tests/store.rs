@@ -1,0 +1,1025 @@
+//! The store suite: every test runs on SQLite, and on PostgreSQL when
+//! `MUNIFAB_TEST_DATABASE_URL` is set.
+
+mod common;
+
+use common::each_db;
+use common::fixtures::*;
+use munifab_coordinator::auth::{Grant, Role};
+use munifab_coordinator::ledger::{EntryHash, Filter, Outcome};
+use munifab_coordinator::lifecycle::JobState;
+use munifab_coordinator::store::{
+    CommandOutcome, EventOutcome, JobFilter, LedgerCheck, LostPolicy, NewToken, StoreError,
+};
+use munifab_protocol::{
+    Completed, Event, Failed, JobSummary, MachineStatus, Progress, RejectReason, Rejected,
+    SigningKey,
+};
+
+const MAX_REJECTIONS: u32 = 3;
+
+#[tokio::test]
+async fn a_submitted_job_is_queued_with_both_event_rows() {
+    for db in each_db().await {
+        let s = &db.store;
+        let job = s.submit_job(new_job("coop-a"), 1_000).await.unwrap();
+        assert_eq!(job.state, JobState::Queued, "{}", db.name);
+        assert_eq!(job.queued_ms, Some(1_000));
+        let events = s.job_events(job.id).await.unwrap();
+        let moves: Vec<_> = events.iter().map(|e| (e.from, e.to)).collect();
+        assert_eq!(
+            moves,
+            vec![
+                (None, JobState::Submitted),
+                (Some(JobState::Submitted), JobState::Queued)
+            ],
+            "{}",
+            db.name
+        );
+        assert_eq!(s.job(job.id).await.unwrap(), job, "{}", db.name);
+    }
+}
+
+#[tokio::test]
+async fn migrating_twice_changes_nothing() {
+    for db in each_db().await {
+        db.store.migrate().await.unwrap();
+        db.store.submit_job(new_job("c"), 1).await.unwrap();
+        db.store.migrate().await.unwrap();
+        let page = db
+            .store
+            .list_jobs(&JobFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.total, 1, "{}", db.name);
+    }
+}
+
+#[tokio::test]
+async fn listing_filters_by_coop_and_state_and_pages() {
+    for db in each_db().await {
+        let s = &db.store;
+        for i in 0..5 {
+            s.submit_job(new_job("coop-a"), 100 + i).await.unwrap();
+        }
+        let b = s.submit_job(new_job("coop-b"), 200).await.unwrap();
+        s.cancel_job(b.id, 201).await.unwrap();
+
+        let a_page = s
+            .list_jobs(&JobFilter {
+                coop: Some("coop-a".into()),
+                limit: 2,
+                offset: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(a_page.total, 5, "{}", db.name);
+        assert_eq!(a_page.items.len(), 2);
+        assert_eq!(
+            a_page.items[0].created_ms, 103,
+            "newest first, after skipping one"
+        );
+        let cancelled = s
+            .list_jobs(&JobFilter {
+                state: Some(JobState::Cancelled),
+                limit: 50,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(cancelled.total, 1);
+        assert_eq!(cancelled.items[0].id, b.id);
+    }
+}
+
+#[tokio::test]
+async fn an_illegal_move_is_refused_and_leaves_no_trace() {
+    for db in each_db().await {
+        let s = &db.store;
+        let job = s.submit_job(new_job("c"), 1).await.unwrap();
+        let err = s
+            .transition_job(job.id, JobState::Completed, "test", None, 2)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::IllegalMove(_)),
+            "{}: {err}",
+            db.name
+        );
+        assert_eq!(s.job(job.id).await.unwrap().state, JobState::Queued);
+        assert_eq!(s.job_events(job.id).await.unwrap().len(), 2);
+    }
+}
+
+async fn online_ready_machine(s: &munifab_coordinator::store::Store, a: &str, m: &str) {
+    assert!(
+        s.set_agent_status(&agent(a), &online("lab"), 10)
+            .await
+            .unwrap()
+    );
+    s.set_machine_state(&agent(a), &machine_state(m, MachineStatus::Ready), 10)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_assignment_advances_the_epoch_and_agent_events_carry_the_job_to_completion() {
+    for db in each_db().await {
+        let s = &db.store;
+        online_ready_machine(s, "lab-a", "mk3").await;
+        assert_eq!(s.free_machines().await.unwrap().len(), 1, "{}", db.name);
+        let job = s.submit_job(new_job("c"), 20).await.unwrap();
+        let (job, cmd) = s
+            .assign_job(job.id, &agent("lab-a"), &machine("mk3"), 30, assign_command)
+            .await
+            .unwrap();
+        assert_eq!((job.state, job.epoch), (JobState::Assigned, 1));
+        assert!(
+            s.free_machines().await.unwrap().is_empty(),
+            "machine is taken"
+        );
+        assert_eq!(
+            s.pending_commands(&agent("lab-a")).await.unwrap(),
+            vec![cmd]
+        );
+
+        let a = agent("lab-a");
+        let r = |seq| job_ref(job.id, "mk3", 1, seq);
+        let steps = [
+            (Event::Accepted(r(0)), JobState::Accepted),
+            (Event::Started(r(1)), JobState::Running),
+            (
+                Event::Progress(Progress {
+                    job: r(2),
+                    line: 10,
+                    bytes: 100,
+                    percent: 42.0,
+                }),
+                JobState::Running,
+            ),
+        ];
+        for (ev, want) in steps {
+            let out = s
+                .apply_event(&a, &event(ev), MAX_REJECTIONS, 40)
+                .await
+                .unwrap();
+            let EventOutcome::Applied(j) = out else {
+                panic!("{}: {out:?}", db.name)
+            };
+            assert_eq!(j.state, want);
+        }
+        assert!(
+            s.pending_commands(&a).await.unwrap().is_empty(),
+            "the agent's answer settles the assign command"
+        );
+        assert_eq!(s.job(job.id).await.unwrap().progress, Some(42.0));
+        let done = event(Event::Completed(Completed {
+            job: r(3),
+            summary: JobSummary::default(),
+        }));
+        s.apply_event(&a, &done, MAX_REJECTIONS, 50).await.unwrap();
+        let job = s.job(job.id).await.unwrap();
+        assert_eq!(job.state, JobState::Completed);
+        let tos: Vec<_> = s
+            .job_events(job.id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.to)
+            .collect();
+        assert_eq!(
+            tos,
+            vec![
+                JobState::Submitted,
+                JobState::Queued,
+                JobState::Assigned,
+                JobState::Accepted,
+                JobState::Running,
+                JobState::Completed
+            ]
+        );
+        // an event arriving twice (same id) is applied once
+        assert_eq!(
+            s.apply_event(&a, &done, MAX_REJECTIONS, 60).await.unwrap(),
+            EventOutcome::Duplicate
+        );
+    }
+}
+
+#[tokio::test]
+async fn replays_and_reports_from_an_older_epoch_do_not_move_the_job() {
+    for db in each_db().await {
+        let s = &db.store;
+        online_ready_machine(s, "lab-a", "mk3").await;
+        let a = agent("lab-a");
+        let job = s.submit_job(new_job("c"), 1).await.unwrap();
+        s.assign_job(job.id, &a, &machine("mk3"), 2, assign_command)
+            .await
+            .unwrap();
+        s.apply_event(
+            &a,
+            &event(Event::Accepted(job_ref(job.id, "mk3", 1, 0))),
+            3,
+            3,
+        )
+        .await
+        .unwrap();
+        // a replay with a fresh message id but an old sequence number
+        let replay = event(Event::Accepted(job_ref(job.id, "mk3", 1, 0)));
+        assert_eq!(
+            s.apply_event(&a, &replay, 3, 4).await.unwrap(),
+            EventOutcome::Replayed,
+            "{}",
+            db.name
+        );
+        // a report for epoch 0 (never assigned) is stale and the old run gets a cancel
+        let stale = event(Event::Started(job_ref(job.id, "mk3", 0, 5)));
+        let EventOutcome::Stale { cancel, .. } = s.apply_event(&a, &stale, 3, 5).await.unwrap()
+        else {
+            panic!("{}: expected stale", db.name)
+        };
+        let cancel = cancel.expect("a cancel for the stale run");
+        let json: serde_json::Value = serde_json::from_slice(&cancel.json).unwrap();
+        assert_eq!(json["type"], "cancel");
+        assert_eq!(json["epoch"], 0);
+        assert_eq!(s.job(job.id).await.unwrap().state, JobState::Accepted);
+    }
+}
+
+#[tokio::test]
+async fn a_rejected_job_is_requeued_excluding_the_machine_then_fails_after_too_many() {
+    for db in each_db().await {
+        let s = &db.store;
+        online_ready_machine(s, "lab-a", "mk3").await;
+        let a = agent("lab-a");
+        let mut job = s.submit_job(new_job("c"), 1).await.unwrap();
+        for round in 1..=MAX_REJECTIONS {
+            let (assigned, _) = s
+                .assign_job(job.id, &a, &machine("mk3"), 10, assign_command)
+                .await
+                .unwrap();
+            assert_eq!(assigned.epoch, round as u64);
+            let rej = event(Event::Rejected(Rejected {
+                job: job_ref(job.id, "mk3", assigned.epoch, 0),
+                reason: RejectReason::PreflightFailed,
+                message: "bed not clear".into(),
+                findings: vec![],
+            }));
+            let EventOutcome::Applied(j) =
+                s.apply_event(&a, &rej, MAX_REJECTIONS, 11).await.unwrap()
+            else {
+                panic!("{}", db.name)
+            };
+            job = *j;
+            assert_eq!(job.excluded.last().map(String::as_str), Some("lab-a/mk3"));
+            let want = if round < MAX_REJECTIONS {
+                JobState::Queued
+            } else {
+                JobState::Failed
+            };
+            assert_eq!(job.state, want, "{} round {round}", db.name);
+        }
+        assert!(
+            s.job_events(job.id)
+                .await
+                .unwrap()
+                .iter()
+                .any(|e| e.to == JobState::Rejected)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_job_whose_agent_stays_away_is_lost_and_requeued_but_its_agents_report_wins() {
+    for db in each_db().await {
+        let s = &db.store;
+        online_ready_machine(s, "lab-a", "mk3").await;
+        let a = agent("lab-a");
+        let job = s.submit_job(new_job("c"), 1).await.unwrap();
+        s.assign_job(job.id, &a, &machine("mk3"), 2, assign_command)
+            .await
+            .unwrap();
+        s.apply_event(
+            &a,
+            &event(Event::Started(job_ref(job.id, "mk3", 1, 0))),
+            3,
+            3,
+        )
+        .await
+        .unwrap();
+        assert!(!s.set_agent_status(&a, &offline(), 100).await.unwrap());
+        // within the grace period nothing happens
+        assert!(
+            s.expire_lost_jobs(99, LostPolicy::Requeue, 150)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let lost = s
+            .expire_lost_jobs(100, LostPolicy::Requeue, 400)
+            .await
+            .unwrap();
+        assert_eq!(lost.len(), 1, "{}", db.name);
+        assert_eq!(lost[0].state, JobState::Queued);
+        let tos: Vec<_> = s
+            .job_events(job.id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.to)
+            .collect();
+        assert_eq!(&tos[tos.len() - 2..], &[JobState::Lost, JobState::Queued]);
+
+        // the agent comes back and reports completion for the same epoch
+        assert!(s.set_agent_status(&a, &online("lab"), 500).await.unwrap());
+        let done = event(Event::Completed(Completed {
+            job: job_ref(job.id, "mk3", 1, 1),
+            summary: JobSummary::default(),
+        }));
+        let out = s.apply_event(&a, &done, 3, 501).await.unwrap();
+        assert!(
+            matches!(out, EventOutcome::Applied(ref j) if j.state == JobState::Completed),
+            "{}: {out:?}",
+            db.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_fail_policy_fails_a_lost_job() {
+    for db in each_db().await {
+        let s = &db.store;
+        online_ready_machine(s, "lab-a", "mk3").await;
+        let a = agent("lab-a");
+        let job = s.submit_job(new_job("c"), 1).await.unwrap();
+        s.assign_job(job.id, &a, &machine("mk3"), 2, assign_command)
+            .await
+            .unwrap();
+        s.set_agent_status(&a, &offline(), 10).await.unwrap();
+        let lost = s.expire_lost_jobs(10, LostPolicy::Fail, 20).await.unwrap();
+        assert_eq!(lost[0].state, JobState::Failed, "{}", db.name);
+        assert!(
+            s.pending_commands(&a).await.unwrap().is_empty(),
+            "no assign is re-sent for a lost run"
+        );
+        // the lost run ended too: it is in the ledger, as failed, with no machine time
+        let entry = s.ledger_entry_of_job(job.id).await.unwrap().unwrap();
+        assert_eq!(entry.record.outcome, Outcome::Failed, "{}", db.name);
+        assert_eq!(entry.record.machine_seconds, 0);
+    }
+}
+
+#[tokio::test]
+async fn cancel_is_immediate_in_the_queue_and_a_command_on_a_machine() {
+    for db in each_db().await {
+        let s = &db.store;
+        online_ready_machine(s, "lab-a", "mk3").await;
+        let queued = s.submit_job(new_job("c"), 1).await.unwrap();
+        let CommandOutcome::Done(j) = s.cancel_job(queued.id, 2).await.unwrap() else {
+            panic!("{}", db.name)
+        };
+        assert_eq!(j.state, JobState::Cancelled);
+
+        let job = s.submit_job(new_job("c"), 3).await.unwrap();
+        s.assign_job(job.id, &agent("lab-a"), &machine("mk3"), 4, assign_command)
+            .await
+            .unwrap();
+        let CommandOutcome::Sent(j, cmd) = s.cancel_job(job.id, 5).await.unwrap() else {
+            panic!("{}", db.name)
+        };
+        assert_eq!(
+            j.state,
+            JobState::Assigned,
+            "the agent's event will move it"
+        );
+        assert!(
+            String::from_utf8(cmd.json)
+                .unwrap()
+                .contains("\"type\":\"cancel\"")
+        );
+        // pausing a job that is not running is refused
+        assert!(matches!(
+            s.pause_job(job.id, true, 6).await,
+            Err(StoreError::IllegalMove(_))
+        ));
+    }
+}
+
+#[tokio::test]
+async fn machines_of_offline_agents_or_not_ready_are_not_free() {
+    for db in each_db().await {
+        let s = &db.store;
+        online_ready_machine(s, "lab-a", "mk3").await;
+        s.set_machine_state(
+            &agent("lab-a"),
+            &machine_state("mini", MachineStatus::NeedsAttention),
+            11,
+        )
+        .await
+        .unwrap();
+        let free = s.free_machines().await.unwrap();
+        assert_eq!(free.len(), 1, "{}", db.name);
+        assert_eq!(free[0].machine.as_str(), "mk3");
+        s.set_agent_status(&agent("lab-a"), &offline(), 12)
+            .await
+            .unwrap();
+        assert!(s.free_machines().await.unwrap().is_empty());
+        let counts = s.count_machines_by_state().await.unwrap();
+        assert_eq!(counts, vec![(MachineStatus::Offline, 2)]);
+        let listed = s.list_machines(Some("lab")).await.unwrap();
+        assert_eq!(listed.len(), 2);
+        assert!(!listed[0].agent_online);
+        assert!(s.list_machines(Some("elsewhere")).await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_found_by_secret_until_revoked_and_agent_tokens_carry_a_signing_key() {
+    for db in each_db().await {
+        let s = &db.store;
+        let grant = Grant::new(Role::Agent, Some("lab-a")).unwrap();
+        let (rec, secret) = s
+            .create_token(
+                &NewToken {
+                    grant: grant.clone(),
+                    label: "pc".into(),
+                },
+                1,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            s.token_by_secret(&secret).await.unwrap(),
+            Some(rec.clone()),
+            "{}",
+            db.name
+        );
+        assert!(s.agent_password_ok("lab-a", &secret).await.unwrap());
+        assert!(!s.agent_password_ok("lab-b", &secret).await.unwrap());
+        assert!(!s.agent_password_ok("lab-a", "guess").await.unwrap());
+        let keys = s.agent_signing_keys(&agent("lab-a")).await.unwrap();
+        assert_eq!(keys, vec![SigningKey::derive(&secret)]);
+        let revoked = s.revoke_token(&rec.id, 2).await.unwrap();
+        assert_eq!(revoked.revoked_ms, Some(2));
+        assert_eq!(s.token_by_secret(&secret).await.unwrap(), None);
+        assert!(!s.agent_password_ok("lab-a", &secret).await.unwrap());
+        assert!(matches!(
+            s.revoke_token("nope", 3).await,
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+}
+
+#[tokio::test]
+async fn a_job_cancelled_while_its_agent_was_away_is_cancelled_not_requeued_when_lost() {
+    for db in each_db().await {
+        let s = &db.store;
+        online_ready_machine(s, "lab-a", "mk3").await;
+        let a = agent("lab-a");
+        let job = s.submit_job(new_job("c"), 1).await.unwrap();
+        s.assign_job(job.id, &a, &machine("mk3"), 2, assign_command)
+            .await
+            .unwrap();
+        s.set_agent_status(&a, &offline(), 10).await.unwrap();
+        assert!(matches!(
+            s.cancel_job(job.id, 11).await.unwrap(),
+            CommandOutcome::Sent(..)
+        ));
+        let lost = s
+            .expire_lost_jobs(10, LostPolicy::Requeue, 20)
+            .await
+            .unwrap();
+        assert_eq!(lost[0].state, JobState::Cancelled, "{}", db.name);
+        assert!(s.pending_commands(&a).await.unwrap().is_empty());
+    }
+}
+
+/// How a test run ends.
+#[derive(Clone, Copy)]
+enum End {
+    Completed,
+    /// Failed at this progress (percent).
+    Failed(f64),
+    /// Cancelled on the machine at this progress (percent).
+    Cancelled(f64),
+}
+
+/// Runs a fresh job of `coop` on `a`/`m` (online, ready): assigned at `t0` ms, started at
+/// `t0 + 1000`, ended per `end` at `t0 + 1000 + run_ms`. The job carries 10 g of PLA.
+async fn run_job(
+    s: &munifab_coordinator::store::Store,
+    coop: &str,
+    a: &str,
+    m: &str,
+    t0: i64,
+    run_ms: i64,
+    end: End,
+) -> munifab_coordinator::store::Job {
+    let mut new = new_job(coop);
+    new.analysis.material_grams = Some(10.0);
+    new.requirements.material = Some("PLA".into());
+    let job = s.submit_job(new, t0).await.unwrap();
+    let (job, _) = s
+        .assign_job(job.id, &agent(a), &machine(m), t0, assign_command)
+        .await
+        .unwrap();
+    let ag = agent(a);
+    let r = |seq| job_ref(job.id, m, job.epoch, seq);
+    let mut events = vec![Event::Accepted(r(0)), Event::Started(r(1))];
+    let percent = match end {
+        End::Completed => 100.0,
+        End::Failed(p) | End::Cancelled(p) => p,
+    };
+    events.push(Event::Progress(Progress {
+        job: r(2),
+        line: 1,
+        bytes: 1,
+        percent,
+    }));
+    for (i, ev) in events.into_iter().enumerate() {
+        s.apply_event(&ag, &event(ev), MAX_REJECTIONS, t0 + 1000 * i as i64)
+            .await
+            .unwrap();
+    }
+    let last = match end {
+        End::Completed => Event::Completed(Completed {
+            job: r(3),
+            summary: JobSummary::default(),
+        }),
+        End::Failed(_) => Event::Failed(Failed {
+            job: r(3),
+            reason: "thermal runaway".into(),
+            line: None,
+            summary: None,
+        }),
+        End::Cancelled(_) => Event::Cancelled(r(3)),
+    };
+    let out = s
+        .apply_event(&ag, &event(last), MAX_REJECTIONS, t0 + 1000 + run_ms)
+        .await
+        .unwrap();
+    assert!(matches!(out, EventOutcome::Applied(_)), "{out:?}");
+    s.job(job.id).await.unwrap()
+}
+
+#[tokio::test]
+async fn every_end_of_a_run_appends_one_chained_ledger_entry_with_its_facts() {
+    for db in each_db().await {
+        let s = &db.store;
+        online_ready_machine(s, "lab-a", "mk3").await;
+        // 60 s of printing on an FDM machine without a profile: 120 W by default -> 2 Wh.
+        let done = run_job(
+            s,
+            "coop-a",
+            "lab-a",
+            "mk3",
+            1_000_000,
+            60_000,
+            End::Completed,
+        )
+        .await;
+        assert_eq!(done.state, JobState::Completed, "{}", db.name);
+        s.set_machine_profile(&agent("lab-a"), &machine("mk3"), "big-printer", 3600)
+            .await
+            .unwrap();
+        let failed = run_job(
+            s,
+            "coop-b",
+            "lab-a",
+            "mk3",
+            2_000_000,
+            30_000,
+            End::Failed(25.0),
+        )
+        .await;
+        let cancelled = run_job(
+            s,
+            "coop-a",
+            "lab-a",
+            "mk3",
+            3_000_000,
+            10_000,
+            End::Cancelled(50.0),
+        )
+        .await;
+        // A job cancelled in the queue never reached a machine: no production, no entry.
+        let queued = s.submit_job(new_job("coop-a"), 4_000_000).await.unwrap();
+        s.cancel_job(queued.id, 4_000_001).await.unwrap();
+
+        let page = s.ledger_entries(&Default::default(), 100, 0).await.unwrap();
+        assert_eq!(page.total, 3, "{}", db.name);
+        let [e1, e2, e3] = &page.items[..] else {
+            panic!("{}: {:?}", db.name, page.items)
+        };
+        assert_eq!((e1.seq, e2.seq, e3.seq), (1, 2, 3));
+        assert_eq!(e1.record.job, done.id);
+        assert_eq!(e1.record.outcome, Outcome::Completed);
+        assert_eq!(e1.record.cooperative.as_str(), "coop-a");
+        assert_eq!(e1.record.maker, "test");
+        assert_eq!(e1.record.pool.as_str(), "default");
+        assert_eq!(e1.record.site.as_str(), "lab");
+        assert_eq!(e1.record.machine.to_string(), "lab-a/mk3");
+        assert_eq!(e1.record.started_at.unix_timestamp(), 1_001);
+        assert_eq!(e1.record.ended_at.unix_timestamp(), 1_061);
+        assert_eq!(e1.record.machine_seconds, 60);
+        assert_eq!(e1.record.material.as_deref(), Some("PLA"));
+        assert_eq!(e1.record.material_mg, 10_000);
+        assert_eq!(e1.record.energy_wh, 2);
+        assert_eq!(e1.record.design, None);
+        assert_eq!(e1.prev_hash, EntryHash::GENESIS);
+        // failed at 25 %: a quarter of the material; 30 s at the profile's 3600 W = 30 Wh
+        assert_eq!(e2.record.job, failed.id);
+        assert_eq!(e2.record.outcome, Outcome::Failed);
+        assert_eq!(e2.record.material_mg, 2_500);
+        assert_eq!(e2.record.energy_wh, 30);
+        assert_eq!(e2.prev_hash, e1.hash);
+        assert_eq!(e3.record.job, cancelled.id);
+        assert_eq!(e3.record.outcome, Outcome::Cancelled);
+        assert_eq!(e3.record.material_mg, 5_000);
+        assert_eq!(e3.prev_hash, e2.hash);
+        assert_eq!(
+            s.ledger_entry_of_job(queued.id).await.unwrap(),
+            None,
+            "{}",
+            db.name
+        );
+        // filters: cooperative, and period by end time
+        let coop_b = Filter {
+            cooperative: Some("coop-b".parse().unwrap()),
+            ..Default::default()
+        };
+        let only_b = s.ledger_entries(&coop_b, 100, 0).await.unwrap();
+        assert_eq!(only_b.total, 1);
+        assert_eq!(only_b.items[0].record.job, failed.id);
+        let window = Filter {
+            from: Some(time::OffsetDateTime::from_unix_timestamp(2_000).unwrap()),
+            until: Some(time::OffsetDateTime::from_unix_timestamp(3_011).unwrap()),
+            ..Default::default()
+        };
+        let seqs: Vec<u64> = s
+            .ledger_all(&window)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, vec![2], "{}: ended 2031 is in, 3011 is out", db.name);
+        assert_eq!(
+            s.verify_ledger().await.unwrap(),
+            LedgerCheck::Ok {
+                entries: 3,
+                head: e3.hash
+            },
+            "{}",
+            db.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_edited_or_deleted_ledger_row_fails_verification_at_that_entry() {
+    for db in each_db().await {
+        let s = &db.store;
+        online_ready_machine(s, "lab-a", "mk3").await;
+        for (i, coop) in ["coop-a", "coop-b", "coop-a", "coop-c"].iter().enumerate() {
+            let t0 = 1_000_000 * (i as i64 + 1);
+            run_job(s, coop, "lab-a", "mk3", t0, 5_000, End::Completed).await;
+        }
+        assert!(matches!(
+            s.verify_ledger().await.unwrap(),
+            LedgerCheck::Ok { entries: 4, .. }
+        ));
+        // one gram more on entry 2, written straight into the table
+        s.execute_raw("UPDATE ledger SET material_mg = material_mg + 1000 WHERE seq = 2")
+            .await
+            .unwrap();
+        let LedgerCheck::Broken { seq, why } = s.verify_ledger().await.unwrap() else {
+            panic!("{}: an edited row must break the chain", db.name)
+        };
+        assert_eq!(seq, 2, "{}: {why}", db.name);
+        assert!(why.contains("hashes to"), "{why}");
+        s.execute_raw("UPDATE ledger SET material_mg = material_mg - 1000 WHERE seq = 2")
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.verify_ledger().await.unwrap(),
+            LedgerCheck::Ok { entries: 4, .. }
+        ));
+        // a deleted entry: the next one is out of sequence
+        s.execute_raw("DELETE FROM ledger WHERE seq = 3")
+            .await
+            .unwrap();
+        let LedgerCheck::Broken { seq, why } = s.verify_ledger().await.unwrap() else {
+            panic!("{}: a deleted row must break the chain", db.name)
+        };
+        assert_eq!(seq, 4, "{}: {why}", db.name);
+    }
+}
+
+#[tokio::test]
+async fn runs_ending_at_once_append_one_unbroken_chain() {
+    const N: usize = 12;
+    for db in each_db().await {
+        let s = &db.store;
+        let mut running = Vec::new();
+        for i in 0..N {
+            let a = format!("lab-{i}");
+            online_ready_machine(s, &a, "mk3").await;
+            let job = s.submit_job(new_job("coop-a"), 100).await.unwrap();
+            let (job, _) = s
+                .assign_job(job.id, &agent(&a), &machine("mk3"), 200, assign_command)
+                .await
+                .unwrap();
+            s.apply_event(
+                &agent(&a),
+                &event(Event::Started(job_ref(job.id, "mk3", 1, 0))),
+                MAX_REJECTIONS,
+                300,
+            )
+            .await
+            .unwrap();
+            running.push((a, job.id));
+        }
+        let mut ends = tokio::task::JoinSet::new();
+        for (a, id) in running {
+            let s = s.clone();
+            ends.spawn(async move {
+                let done = event(Event::Completed(Completed {
+                    job: job_ref(id, "mk3", 1, 1),
+                    summary: JobSummary::default(),
+                }));
+                s.apply_event(&agent(&a), &done, MAX_REJECTIONS, 60_000)
+                    .await
+            });
+        }
+        while let Some(r) = ends.join_next().await {
+            let out = r.unwrap().unwrap();
+            assert!(matches!(out, EventOutcome::Applied(_)), "{out:?}");
+        }
+        assert!(
+            matches!(
+                s.verify_ledger().await.unwrap(),
+                LedgerCheck::Ok { entries, .. } if entries == N as u64
+            ),
+            "{}",
+            db.name
+        );
+    }
+}
+
+/// The real dispatcher over `s` (its MQTT client is never polled: the test agents have no
+/// token, so commands stay in the outbox) with a fixed clock.
+fn dispatcher(
+    s: &munifab_coordinator::store::Store,
+    now: i64,
+) -> (
+    munifab_coordinator::dispatch::Dispatcher,
+    rumqttc::EventLoop,
+) {
+    let (client, events) =
+        rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("test", "127.0.0.1", 1), 64);
+    let d = munifab_coordinator::dispatch::Dispatcher::new(
+        s.clone(),
+        client,
+        std::sync::Arc::new(munifab_coordinator::metrics::Metrics::default()),
+        std::sync::Arc::new(move || now),
+        munifab_coordinator::dispatch::DispatchSettings {
+            offline_grace: std::time::Duration::from_secs(300),
+            lost_policy: LostPolicy::Requeue,
+            max_rejections: MAX_REJECTIONS,
+            tick: std::time::Duration::from_secs(1),
+            public_url: "http://x".into(),
+        },
+    );
+    (d, events)
+}
+
+fn router_caps() -> munifab_protocol::Capabilities {
+    let mut caps = printer_caps();
+    caps.process = munifab_protocol::Process::Cnc;
+    caps.firmware = munifab_protocol::Firmware::Grbl;
+    caps.materials = vec!["PLYWOOD".into()];
+    caps.spindle_max_rpm = Some(12_000.0);
+    caps.nozzle_diameter_mm = None;
+    caps
+}
+
+fn cnc_job(coop: &str) -> munifab_coordinator::store::NewJob {
+    let mut new = new_job(coop);
+    new.requirements.process = munifab_protocol::Process::Cnc;
+    new.requirements.flavour = munifab_protocol::Flavour::Grbl;
+    new.requirements.hotend_temp_c = None;
+    new.requirements.bed_temp_c = None;
+    new
+}
+
+#[tokio::test]
+async fn auto_dispatch_never_assigns_to_a_machine_nobody_confirmed_after_a_job() {
+    for db in each_db().await {
+        let s = &db.store;
+        let t = 1_000_000;
+        online_ready_machine(s, "lab-a", "mk3").await;
+        let mut router = machine_state("cnc1", MachineStatus::Ready);
+        router.capabilities = router_caps();
+        s.set_machine_state(&agent("lab-a"), &router, 10)
+            .await
+            .unwrap();
+
+        // the printer runs a job; afterwards it needs a person's look
+        let first = run_job(s, "coop-a", "lab-a", "mk3", t, 5_000, End::Completed).await;
+        assert_eq!(first.state, JobState::Completed);
+        // the agent says ready again, but nobody confirmed the bed is cleared
+        s.set_machine_state(
+            &agent("lab-a"),
+            &machine_state("mk3", MachineStatus::Ready),
+            t + 10_000,
+        )
+        .await
+        .unwrap();
+        let second = s.submit_job(new_job("coop-a"), t + 11_000).await.unwrap();
+        let cnc = s.submit_job(cnc_job("coop-a"), t + 11_000).await.unwrap();
+        let (d, _loop) = dispatcher(s, t + 12_000);
+        for _ in 0..3 {
+            d.dispatch().await.unwrap();
+        }
+        assert_eq!(
+            s.job(second.id).await.unwrap().state,
+            JobState::Queued,
+            "{}",
+            db.name
+        );
+        // a router only "ready" (bed/stock not confirmed loaded and zeroed) takes no CNC job
+        assert_eq!(
+            s.job(cnc.id).await.unwrap().state,
+            JobState::Queued,
+            "{}",
+            db.name
+        );
+
+        // the site's operator confirms the printer: the queued job goes there
+        s.confirm_ready(
+            &agent("lab-a"),
+            &machine("mk3"),
+            false,
+            "tok-1 (Ana)",
+            t + 13_000,
+        )
+        .await
+        .unwrap();
+        d.dispatch().await.unwrap();
+        let second = s.job(second.id).await.unwrap();
+        assert_eq!(second.state, JobState::Assigned, "{}", db.name);
+        assert_eq!(second.machine, Some(machine("mk3")));
+        assert_eq!(second.pool.as_deref(), Some("default"));
+        assert_eq!(s.job(cnc.id).await.unwrap().state, JobState::Queued);
+
+        // stock loaded and zeroed on the router: the CNC job goes there
+        s.confirm_ready(
+            &agent("lab-a"),
+            &machine("cnc1"),
+            true,
+            "tok-1 (Ana)",
+            t + 14_000,
+        )
+        .await
+        .unwrap();
+        d.dispatch().await.unwrap();
+        let cnc = s.job(cnc.id).await.unwrap();
+        assert_eq!(cnc.state, JobState::Assigned, "{}", db.name);
+        assert_eq!(cnc.machine, Some(machine("cnc1")));
+
+        // who confirmed, and when, is in the audit trail
+        let audit = s.list_audit(Some("machine:lab-a/mk3"), 10).await.unwrap();
+        assert_eq!(audit.len(), 1);
+        assert_eq!(
+            (audit[0].actor.as_str(), audit[0].at_ms),
+            ("tok-1 (Ana)", t + 13_000)
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_agent_that_needs_no_confirmation_gets_the_next_job_at_once() {
+    for db in each_db().await {
+        let s = &db.store;
+        let t = 1_000_000;
+        online_ready_machine(s, "lab-a", "mk3").await;
+        run_job(s, "coop-a", "lab-a", "mk3", t, 5_000, End::Completed).await;
+        let mut state = machine_state("mk3", MachineStatus::Ready);
+        state.needs_confirmation = false;
+        s.set_machine_state(&agent("lab-a"), &state, t + 10_000)
+            .await
+            .unwrap();
+        let next = s.submit_job(new_job("coop-a"), t + 11_000).await.unwrap();
+        let (d, _loop) = dispatcher(s, t + 12_000);
+        d.dispatch().await.unwrap();
+        assert_eq!(
+            s.job(next.id).await.unwrap().state,
+            JobState::Assigned,
+            "{}",
+            db.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn pools_decide_who_may_use_a_machine_and_name_the_pool_in_the_ledger() {
+    use munifab_coordinator::store::{PoolRecord, QuotaRecord, SiteRecord};
+    for db in each_db().await {
+        let s = &db.store;
+        let t = 1_000_000;
+        online_ready_machine(s, "lab-a", "mk3").await;
+        s.put_site(
+            &SiteRecord {
+                id: "lab".into(),
+                name: "Lab".into(),
+                region: "valley".into(),
+                lat: 47.5,
+                lon: 8.7,
+            },
+            "admin",
+            t,
+        )
+        .await
+        .unwrap();
+        s.put_pool(
+            &PoolRecord {
+                id: "valley".into(),
+                name: "Valley".into(),
+                machines: vec!["lab-a/mk3".into()],
+                members: [("coop-a".to_string(), 2)].into(),
+            },
+            "admin",
+            t,
+        )
+        .await
+        .unwrap();
+        // coop-b is in no pool; coop-c is, but its quota is used up
+        let mut pools = s.list_pools().await.unwrap();
+        pools[0].members.insert("coop-c".into(), 1);
+        s.put_pool(&pools[0], "admin", t).await.unwrap();
+        s.put_quota(
+            &QuotaRecord {
+                cooperative: "coop-c".into(),
+                machine_hours: 0,
+                period_days: 30,
+                period_start_ms: 0,
+            },
+            "admin",
+            t,
+        )
+        .await
+        .unwrap();
+        let mut outsider = new_job("coop-b");
+        outsider.analysis.estimated_seconds = 60.0;
+        let outsider = s.submit_job(outsider, t).await.unwrap();
+        let mut capped = new_job("coop-c");
+        capped.analysis.estimated_seconds = 60.0;
+        let capped = s.submit_job(capped, t).await.unwrap();
+        let (d, _loop) = dispatcher(s, t + 1_000);
+        d.dispatch().await.unwrap();
+        assert_eq!(
+            s.job(outsider.id).await.unwrap().state,
+            JobState::Queued,
+            "{}",
+            db.name
+        );
+        assert_eq!(
+            s.job(capped.id).await.unwrap().state,
+            JobState::Queued,
+            "{}",
+            db.name
+        );
+
+        let member = s.submit_job(new_job("coop-a"), t + 2_000).await.unwrap();
+        let (d, _loop) = dispatcher(s, t + 3_000);
+        d.dispatch().await.unwrap();
+        let member = s.job(member.id).await.unwrap();
+        assert_eq!(member.state, JobState::Assigned, "{}", db.name);
+        assert_eq!(member.pool.as_deref(), Some("valley"));
+        let done = event(Event::Completed(Completed {
+            job: job_ref(member.id, "mk3", member.epoch, 0),
+            summary: JobSummary::default(),
+        }));
+        s.apply_event(&agent("lab-a"), &done, MAX_REJECTIONS, t + 60_000)
+            .await
+            .unwrap();
+        let entry = s.ledger_entry_of_job(member.id).await.unwrap().unwrap();
+        assert_eq!(entry.record.pool.as_str(), "valley");
+        let subjects: Vec<String> = s
+            .list_audit(None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.subject)
+            .collect();
+        assert_eq!(
+            subjects,
+            ["quota:coop-c", "pool:valley", "pool:valley", "site:lab"]
+        );
+    }
+}
