@@ -55,7 +55,7 @@ pub struct Coordinator {
     key: SigningKey,
     seen_ids: HashSet<uuid::Uuid>,
     pub duplicates: usize,
-    telemetry: Arc<std::sync::atomic::AtomicUsize>,
+    telemetry: tokio::sync::watch::Receiver<usize>,
 }
 
 impl Coordinator {
@@ -69,8 +69,7 @@ impl Coordinator {
         let (tx, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = oneshot::channel();
         let vkey = key.clone();
-        let telemetry = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let tcount = telemetry.clone();
+        let (tcount, telemetry) = tokio::sync::watch::channel(0usize);
         tokio::spawn(async move {
             let mut ready = Some(ready_tx);
             loop {
@@ -95,7 +94,7 @@ impl Coordinator {
                             Inbound::State(m) => Seen::State(m),
                             Inbound::Event(m) => Seen::Event(m),
                             Inbound::Telemetry(_) => {
-                                tcount.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                tcount.send_modify(|n| *n += 1);
                                 Seen::Telemetry
                             }
                             Inbound::Command(_) => continue,
@@ -121,9 +120,16 @@ impl Coordinator {
         }
     }
 
-    /// Telemetry messages received so far.
-    pub fn telemetry_seen(&self) -> usize {
-        self.telemetry.load(std::sync::atomic::Ordering::Relaxed)
+    /// Waits (up to 30 s) until at least `n` telemetry samples have arrived; returns the count.
+    pub async fn telemetry_reaches(&mut self, n: usize) -> usize {
+        let seen = tokio::time::timeout(
+            Duration::from_secs(30),
+            self.telemetry.wait_for(|count| *count >= n),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("fewer than {n} telemetry samples within 30 s"))
+        .expect("coordinator client stopped");
+        *seen
     }
 
     /// Publishes a command signed with the agent's key.
