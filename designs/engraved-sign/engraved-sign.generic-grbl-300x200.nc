@@ -1,5 +1,6 @@
 (engraved-sign: FABLAB / OPEN on a 140 x 70 mm plywood blank, 1 mm deep)
-(profile generic-grbl-300x200, 3 mm flat end mill, work zero = stock top, front-left)
+(profile generic-grbl-300x200, 3 mm flat end mill)
+(work zero = stock top, front-left)
 G21
 G90
 G17

@@ -1,5 +1,6 @@
 (pocket-tray: 100 x 60 mm tray in 9 mm plywood, 4 mm pocket, outside profile)
-(profile generic-grbl-300x200, 3 mm flat end mill, work zero = stock top, front-left)
+(profile generic-grbl-300x200, 3 mm flat end mill)
+(work zero = stock top, front-left)
 G21
 G90
 G17

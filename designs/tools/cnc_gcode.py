@@ -56,7 +56,10 @@ class Program:
     def __init__(self, title):
         self.lines = [
             f"({title})",
-            "(profile generic-grbl-300x200, 3 mm flat end mill, work zero = stock top, front-left)",
+            # GRBL's host sessions refuse lines over 79 characters (its line buffer),
+            # comments included: keep every line shorter.
+            "(profile generic-grbl-300x200, 3 mm flat end mill)",
+            "(work zero = stock top, front-left)",
             "G21",
             "G90",
             "G17",
@@ -79,6 +82,8 @@ class Program:
 
     def finish(self):
         self.lines += [f"G0 Z{fmt(SAFE_Z)}", "M5", "G0 X0 Y0", "M30"]
+        too_long = [line for line in self.lines if len(line) > 79]
+        assert not too_long, f"lines over GRBL's 79 characters: {too_long}"
         return "\n".join(self.lines) + "\n"
 
 

@@ -3,5 +3,6 @@
 mod manifest_errors;
 mod provenance;
 mod shipped;
+mod stream;
 mod sync;
 mod util;
