@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::catalog::{CatalogConfig, GitSourceConfig, OverlayConfig};
+use crate::catalog::{CatalogConfig, GitSourceConfig, OverlayConfig, SyncInterval};
 use crate::dispatch::DispatchSettings;
 use crate::store::LostPolicy;
 
@@ -79,6 +79,7 @@ struct RawCatalog {
     profiles_dir: Option<PathBuf>,
     max_file_bytes: Option<u64>,
     sync_on_start: Option<bool>,
+    sync_interval: Option<SyncInterval>,
     #[serde(default)]
     sources: Vec<GitSourceConfig>,
     #[serde(default)]
@@ -94,6 +95,8 @@ pub struct CatalogSettings {
     pub profiles_dir: Option<PathBuf>,
     /// Sync every source when the coordinator starts (default true).
     pub sync_on_start: bool,
+    /// Re-sync every source this often while running; off when absent.
+    pub sync_interval: Option<SyncInterval>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -322,6 +325,7 @@ impl Settings {
                     config,
                     profiles_dir: c.profiles_dir,
                     sync_on_start: c.sync_on_start.unwrap_or(true),
+                    sync_interval: c.sync_interval,
                 })
             }
         };
@@ -492,8 +496,17 @@ mod tests {
         assert_eq!(c.config.sources[0].subdir.as_deref(), Some("designs"));
         assert_eq!(c.config.overlays[0].name.as_str(), "fablab");
         assert!(c.sync_on_start);
+        assert_eq!(
+            c.sync_interval, None,
+            "periodic sync is off unless asked for"
+        );
+        let s = load("[catalog]\nsync_interval = \"15m\"\n", &[]).unwrap();
+        let every = s.catalog.unwrap().sync_interval.unwrap().duration();
+        assert_eq!(every, std::time::Duration::from_secs(900));
+        let err = load("[catalog]\nsync_interval = \"15\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("not an interval"), "{err}");
         let err = load(
-            "[[catalog.sources]]\nname = \"x\"\nurl = \"https://example.org/x.git\"\n",
+            "[[catalog.sources]]\nname = \"x\"\nurl = \"ssh://example.org/x.git\"\n",
             &[],
         )
         .unwrap_err();

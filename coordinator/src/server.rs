@@ -65,6 +65,7 @@ pub struct Server {
     http: JoinHandle<()>,
     dispatcher: JoinHandle<()>,
     link: JoinHandle<()>,
+    catalog_sync: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -94,6 +95,9 @@ impl Server {
         let _ = self.http.await;
         let _ = self.dispatcher.await;
         let _ = self.link.await;
+        if let Some(sync) = self.catalog_sync {
+            let _ = sync.await;
+        }
         self.store.close().await;
         tracing::info!("coordinator stopped");
     }
@@ -179,6 +183,19 @@ pub async fn start(
                     .expect("opening the catalog does not panic")?;
             Some(Arc::new(opened))
         }
+    };
+    let catalog_sync = match (
+        &catalog,
+        settings.catalog.as_ref().and_then(|c| c.sync_interval),
+    ) {
+        (Some(catalog), Some(every)) => Some(tokio::spawn(crate::catalog::sync_periodically(
+            catalog.clone(),
+            every.duration(),
+            clock.clone(),
+            shutdown.clone(),
+            |_| {},
+        ))),
+        _ => None,
     };
     std::fs::create_dir_all(settings.data_dir.join("artifacts")).map_err(|source| {
         ServeError::DataDir {
@@ -280,5 +297,6 @@ pub async fn start(
         http,
         dispatcher,
         link,
+        catalog_sync,
     })
 }

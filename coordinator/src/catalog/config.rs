@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +61,94 @@ pub struct OverlayConfig {
     pub name: SourceName,
     /// The folder.
     pub path: PathBuf,
+}
+
+/// How often a running coordinator re-syncs its catalog sources: `"15m"`, `"1h"`,
+/// `"90s"`, `"1h30m"` (hours, minutes, seconds). At least one minute, so a typo cannot
+/// turn the coordinator into a tight fetch loop against someone's git server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SyncInterval(Duration);
+
+/// The shortest accepted [`SyncInterval`].
+pub const MIN_SYNC_INTERVAL: Duration = Duration::from_secs(60);
+
+impl SyncInterval {
+    /// The period.
+    pub fn duration(self) -> Duration {
+        self.0
+    }
+}
+
+impl std::str::FromStr for SyncInterval {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "`{text}` is not an interval: write a number followed by h, m or s, e.g. \"15m\" or \"1h30m\""
+            )
+        };
+        let mut total: u64 = 0;
+        let mut number = String::new();
+        // Rank of the last unit read (h 0, m 1, s 2): each unit at most once, largest
+        // first, as in "1h30m".
+        let mut last_rank: Option<usize> = None;
+        for c in text.trim().chars() {
+            if c.is_ascii_digit() {
+                number.push(c);
+                continue;
+            }
+            let (rank, unit) = match c {
+                'h' => (0, 3600),
+                'm' => (1, 60),
+                's' => (2, 1),
+                _ => return Err(bad()),
+            };
+            if number.is_empty() || last_rank.is_some_and(|r| r >= rank) {
+                return Err(bad());
+            }
+            last_rank = Some(rank);
+            let n: u64 = number.parse().map_err(|_| bad())?;
+            total = n
+                .checked_mul(unit)
+                .and_then(|v| total.checked_add(v))
+                .ok_or_else(bad)?;
+            number.clear();
+        }
+        if !number.is_empty() || last_rank.is_none() {
+            return Err(bad());
+        }
+        let d = Duration::from_secs(total);
+        if d < MIN_SYNC_INTERVAL {
+            return Err(format!(
+                "`{text}` is shorter than the shortest sync interval, 1m"
+            ));
+        }
+        Ok(Self(d))
+    }
+}
+
+impl TryFrom<String> for SyncInterval {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+impl From<SyncInterval> for String {
+    fn from(i: SyncInterval) -> String {
+        let s = i.0.as_secs();
+        let (h, m, sec) = (s / 3600, s % 3600 / 60, s % 60);
+        let mut out = String::new();
+        for (n, unit) in [(h, 'h'), (m, 'm'), (sec, 's')] {
+            if n > 0 {
+                out.push_str(&format!("{n}{unit}"));
+            }
+        }
+        out
+    }
 }
 
 /// A configuration the catalog cannot work with.

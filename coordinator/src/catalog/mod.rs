@@ -10,6 +10,7 @@
 //! - `source`: fetching git sources and snapshotting overlays into bare mirrors
 //! - `tree`: reading design folders from a commit's tree
 //! - [`index`]: the synced designs, search and provenance; [`Catalog`] is the entry point
+//! - [`periodic`]: re-syncing on a timer while the coordinator runs (async, tokio)
 //!
 //! Every read goes through a mirror's object database at a commit, never a checkout.
 //! All calls block on disk (and, on sync, on the `git upload-pack` process of a local
@@ -20,11 +21,12 @@ pub mod index;
 pub mod licence;
 pub mod manifest;
 pub mod names;
+pub mod periodic;
 pub mod profile;
 mod source;
 mod tree;
 
-pub use config::{CatalogConfig, ConfigError, GitSourceConfig, OverlayConfig};
+pub use config::{CatalogConfig, ConfigError, GitSourceConfig, OverlayConfig, SyncInterval};
 pub use index::{
     Catalog, CatalogError, Design, DesignDetail, DesignError, DesignQuery, DesignSummary, Page,
     PinnedFile, ProvenanceLink, SourceKind, SourceStatus, SyncReport,
@@ -34,6 +36,7 @@ pub use manifest::{Manifest, ManifestError, ManifestProblem, Process};
 pub use names::{
     CommitId, DesignId, DesignKey, DesignSpec, NameError, ProfileId, Sha256, SourceName,
 };
+pub use periodic::sync_periodically;
 pub use profile::{MachineProfile, ProfileError};
 pub use source::SourceError;
 pub use tree::{DesignFile, FileRole};

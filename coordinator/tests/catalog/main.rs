@@ -1,6 +1,7 @@
 //! Catalog integration tests: real git repositories, real folders, real mirrors.
 
 mod manifest_errors;
+mod periodic;
 mod provenance;
 mod shipped;
 mod stream;
