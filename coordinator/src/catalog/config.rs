@@ -43,7 +43,7 @@ pub struct CatalogConfig {
 pub struct GitSourceConfig {
     /// Name designs of this source are known by (`name/id`).
     pub name: SourceName,
-    /// `file://` URL or local path of the repository.
+    /// `http(s)://` or `file://` URL, or local path, of the repository.
     pub url: String,
     /// Branch, tag or full ref name to follow; `main` when not given.
     #[serde(rename = "ref", default = "default_ref")]
@@ -162,7 +162,7 @@ pub enum ConfigError {
     EmptyUrl(SourceName),
     /// A source's URL uses a transport this build does not include.
     #[error(
-        "catalog source `{name}`: `{url}` uses a transport this build does not support; use a file:// URL or a local path"
+        "catalog source `{name}`: `{url}` uses a transport this build does not support (ssh and git:// are not included); use an http(s):// or file:// URL or a local path"
     )]
     UnsupportedUrl {
         /// The source.
@@ -199,9 +199,9 @@ impl CatalogConfig {
             if s.url.trim().is_empty() {
                 return Err(ConfigError::EmptyUrl(s.name.clone()));
             }
-            // http(s), ssh and git:// transports are not compiled in (see docs/designs.md).
+            // ssh and git:// transports are not compiled in (see docs/designs.md).
             let lower = s.url.to_ascii_lowercase();
-            if ["http://", "https://", "ssh://", "git://"]
+            if ["ssh://", "git://", "git+ssh://", "ssh+git://"]
                 .iter()
                 .any(|p| lower.starts_with(p))
                 || (lower.contains('@') && lower.contains(':') && !lower.contains("://"))
@@ -265,10 +265,39 @@ path = "/srv/designs"
         );
         let dup = "cache_dir = \"x\"\n[[sources]]\nname = \"a\"\nurl = \"/r\"\n[[overlays]]\nname = \"a\"\npath = \"/o\"";
         assert!(parse(dup).unwrap_err().contains("used twice"));
-        let http =
+        let ssh = "cache_dir = \"x\"\n[[sources]]\nname = \"a\"\nurl = \"ssh://example.org/r.git\"";
+        assert!(parse(ssh).unwrap_err().contains("http(s)://"));
+        let scp = "cache_dir = \"x\"\n[[sources]]\nname = \"a\"\nurl = \"git@example.org:r.git\"";
+        assert!(parse(scp).unwrap_err().contains("transport"));
+        let https =
             "cache_dir = \"x\"\n[[sources]]\nname = \"a\"\nurl = \"https://example.org/r.git\"";
-        assert!(parse(http).unwrap_err().contains("file://"));
+        assert!(parse(https).is_ok(), "http(s) sources are fetched");
         let up = "cache_dir = \"x\"\n[[sources]]\nname = \"a\"\nurl = \"/r\"\nsubdir = \"../x\"";
         assert!(parse(up).unwrap_err().contains("subdir"));
+    }
+
+    #[test]
+    fn sync_intervals_read_hours_minutes_and_seconds_and_refuse_the_rest() {
+        let secs = |t: &str| t.parse::<SyncInterval>().map(|i| i.duration().as_secs());
+        assert_eq!(secs("15m"), Ok(900));
+        assert_eq!(secs("1h30m"), Ok(5400));
+        assert_eq!(secs("2h"), Ok(7200));
+        assert_eq!(secs("90s"), Ok(90));
+        for bad in [
+            "",
+            "15",
+            "m",
+            "15 x",
+            "30m1h",
+            "1m1m",
+            "-5m",
+            "1.5h",
+            "99999999999999999999h",
+        ] {
+            assert!(secs(bad).unwrap_err().contains("not an interval"), "{bad}");
+        }
+        assert!(secs("30s").unwrap_err().contains("shortest"));
+        let i: SyncInterval = "1h30m".parse().unwrap();
+        assert_eq!(String::from(i), "1h30m");
     }
 }

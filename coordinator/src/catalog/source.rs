@@ -1,7 +1,8 @@
-//! Bringing sources into local bare mirrors: git sources are fetched with gix, overlay
-//! folders are imported as commits. Either way the catalog then reads every file from
-//! a git object database at a known commit, never from a checkout, so a job pinned to
-//! a commit gets the same bytes however the source moves on.
+//! Bringing sources into local bare mirrors: git sources are fetched with gix (local
+//! paths, `file://` and `http(s)://`), overlay folders are imported as commits. Either
+//! way the catalog then reads every file from a git object database at a known commit,
+//! never from a checkout, so a job pinned to a commit gets the same bytes however the
+//! source moves on.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -94,6 +95,10 @@ pub(crate) fn fetch(
         git_ref: git_ref.to_owned(),
         message,
     };
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        install_tls_provider();
+    }
     let spec = format!("+{git_ref}:{HEAD_REF}");
     let interrupt = AtomicBool::new(false);
     let outcome = (|| -> gix::Result<()> {
@@ -107,11 +112,57 @@ pub(crate) fn fetch(
             .receive(gix::progress::Discard, &interrupt)?;
         Ok(())
     })();
-    outcome.map_err(|e| fail(format!("{e:#}")))?;
+    outcome.map_err(|e| fail(describe_fetch_error(&e)))?;
     let commit =
         mirror_head(repo).ok_or_else(|| fail(format!("the remote has no ref `{git_ref}`")))?;
     pin(repo, commit).map_err(fail)?;
     Ok(commit)
+}
+
+/// A one-line reason for a failed fetch. gix wraps HTTP failures several layers deep
+/// ("Transport handshake failed", an IO error, reqwest's error, hyper's...); for those
+/// say what happened in the terms a person configuring a source needs. Other failures
+/// (a local path that is not a repository, a missing ref) keep gix's own chain.
+fn describe_fetch_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut chain = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        chain.push(err);
+        next = err.source();
+    }
+    let http = chain.iter().find_map(|err| {
+        err.downcast_ref::<reqwest::Error>().or_else(|| {
+            err.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<reqwest::Error>())
+        })
+    });
+    let Some(http) = http else {
+        return format!("{e:#}");
+    };
+    let innermost = chain.last().map(ToString::to_string).unwrap_or_default();
+    if let Some(status) = http.status() {
+        format!(
+            "the server answered HTTP {status}: no git repository is published at this URL, or it needs credentials"
+        )
+    } else if http.is_connect() {
+        format!("cannot connect to the server: {innermost}")
+    } else if http.is_timeout() {
+        format!("the server did not answer in time: {innermost}")
+    } else {
+        format!("the HTTP request failed: {innermost}")
+    }
+}
+
+/// gix fetches http(s) with reqwest, built (as everywhere in MuniFab) with rustls and no
+/// crypto provider of its own: reqwest would panic building its client unless a process
+/// default is installed. Install ring's, once; if the binary installed one already, that
+/// one stays.
+fn install_tls_provider() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 /// Keep `commit` reachable in the mirror for as long as the mirror exists.

@@ -1,5 +1,6 @@
 //! Catalog integration tests: real git repositories, real folders, real mirrors.
 
+mod http;
 mod manifest_errors;
 mod periodic;
 mod provenance;
