@@ -11,6 +11,7 @@
 //! - `tree`: reading design folders from a commit's tree
 //! - [`index`]: the synced designs, search and provenance; [`Catalog`] is the entry point
 //! - [`periodic`]: re-syncing on a timer while the coordinator runs (async, tokio)
+//! - [`seed`]: committing a folder of designs as a git source whose provenance resolves
 //!
 //! Every read goes through a mirror's object database at a commit, never a checkout.
 //! All calls block on disk (and, on sync, on the `git upload-pack` process of a local
@@ -23,6 +24,7 @@ pub mod manifest;
 pub mod names;
 pub mod periodic;
 pub mod profile;
+pub mod seed;
 mod source;
 mod tree;
 
@@ -38,5 +40,6 @@ pub use names::{
 };
 pub use periodic::sync_periodically;
 pub use profile::{MachineProfile, ProfileError};
+pub use seed::{SeedError, SeededSource, commit_designs_as_git_source};
 pub use source::SourceError;
 pub use tree::{DesignFile, FileRole};

@@ -4,6 +4,7 @@ mod http;
 mod manifest_errors;
 mod periodic;
 mod provenance;
+mod seed;
 mod shipped;
 mod stream;
 mod sync;
