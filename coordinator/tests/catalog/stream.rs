@@ -157,7 +157,7 @@ async fn stream<S: Session + Send + 'static>(
 
 /// The job's part of the record: everything after the handshake, which must hold only
 /// handshake commands.
-fn job_part<'a>(record: &'a [String]) -> &'a [String] {
+fn job_part(record: &[String]) -> &[String] {
     let start = record
         .iter()
         .position(|c| !HANDSHAKE.contains(&c.as_str()))
