@@ -1,18 +1,11 @@
-use munifab_coordinator::catalog::{DesignKey, ProvenanceLink};
+use munifab_coordinator::catalog::ProvenanceLink;
 
-use crate::util::{GitRepo, Setup, assert_clean, at, design, manifest, write};
+use crate::util::{GitRepo, Setup, assert_clean, at, design, key, manifest, write};
 
 fn derived(source: &str, id: &str, revision: &str) -> String {
     format!(
         "[derived_from]\nsource = \"{source}\"\nid = \"{id}\"\nrevision = \"{revision}\"\nchanges = \"made longer\"\n"
     )
-}
-
-fn key(source: &str, id: &str) -> DesignKey {
-    DesignKey {
-        source: source.parse().unwrap(),
-        id: id.parse().unwrap(),
-    }
 }
 
 #[test]

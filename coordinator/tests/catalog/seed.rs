@@ -3,18 +3,10 @@
 //! though this repository's own history was squashed.
 
 use munifab_coordinator::catalog::{
-    Catalog, CatalogError, DesignKey, MachineProfile, ProvenanceLink, SeedError,
-    commit_designs_as_git_source,
+    Catalog, CatalogError, MachineProfile, ProvenanceLink, SeedError, commit_designs_as_git_source,
 };
 
-use crate::util::{GitRepo, Setup, assert_clean, at, design, manifest, workspace_root, write};
-
-fn key(source: &str, id: &str) -> DesignKey {
-    DesignKey {
-        source: source.parse().unwrap(),
-        id: id.parse().unwrap(),
-    }
-}
+use crate::util::{GitRepo, Setup, assert_clean, at, design, key, manifest, workspace_root, write};
 
 #[test]
 fn the_sample_designs_seeded_as_a_git_source_resolve_the_adaptations_provenance() {
@@ -51,7 +43,7 @@ fn the_sample_designs_seeded_as_a_git_source_resolve_the_adaptations_provenance(
                 key, commit, title, ..
             },
         ] => {
-            assert_eq!(key, &self::key("commons", "wall-bracket"));
+            assert_eq!(key, &crate::util::key("commons", "wall-bracket"));
             assert_eq!(*commit, seeded.originals);
             assert!(title.to_lowercase().contains("wall bracket"), "{title}");
         }

@@ -6,7 +6,8 @@ use std::process::Command;
 use std::rc::Rc;
 
 use munifab_coordinator::catalog::{
-    Catalog, CatalogConfig, CommitId, DesignError, GitSourceConfig, OverlayConfig, SyncReport,
+    Catalog, CatalogConfig, CommitId, DesignError, DesignKey, GitSourceConfig, OverlayConfig,
+    SyncReport,
 };
 
 /// A fixed clock for syncs: the tests never depend on the time of day.
@@ -211,4 +212,12 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .expect("workspace")
         .to_owned()
+}
+
+/// `source/id` as a key.
+pub fn key(source: &str, id: &str) -> DesignKey {
+    DesignKey {
+        source: source.parse().expect("source name"),
+        id: id.parse().expect("design id"),
+    }
 }
