@@ -200,17 +200,23 @@ impl Process {
                 );
             }
             // Woken by every new line; the exit check above needs a look now and then too.
-            let _ = tokio::time::timeout_at(
-                deadline.min(Instant::now() + Duration::from_millis(100)),
-                self.printed.changed(),
-            )
-            .await;
+            self.next_line_or(deadline.min(Instant::now() + Duration::from_millis(100)))
+                .await;
             assert!(
                 Instant::now() < deadline,
                 "{} did not print {needle:?} within {within:?}:\n{}",
                 self.name,
                 self.tail(40)
             );
+        }
+    }
+
+    /// Returns when the child prints a line or at `until`, whichever is first (at `until`
+    /// too once its output is closed, so callers polling its exit do not spin).
+    async fn next_line_or(&mut self, until: Instant) {
+        match tokio::time::timeout_at(until, self.printed.changed()).await {
+            Ok(Ok(())) | Err(_) => {}
+            Ok(Err(_closed)) => tokio::time::sleep_until(until).await,
         }
     }
 
@@ -246,7 +252,8 @@ impl Process {
                 self.name,
                 self.tail(40)
             );
-            let _ = tokio::time::timeout(Duration::from_millis(20), self.printed.changed()).await;
+            self.next_line_or(Instant::now() + Duration::from_millis(20))
+                .await;
         }
     }
 
