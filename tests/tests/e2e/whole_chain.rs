@@ -303,6 +303,22 @@ async fn run_to_the_end(api: &Client, ids: &[String], coordinator: &mut Coordina
         if jobs.iter().all(|j| j["state"] == "completed") {
             return Ok(jobs);
         }
+        // Machines whose job the coordinator has not seen end yet. An operator confirms a
+        // machine once the dashboard shows its job ended: a confirmation that reaches the
+        // coordinator before the job's end event is reset by that event.
+        let busy: Vec<String> = jobs
+            .iter()
+            .filter(|j| {
+                matches!(
+                    j["state"].as_str(),
+                    Some("assigned" | "accepted" | "transferring" | "running" | "paused")
+                )
+            })
+            .map(|j| {
+                let on = |k: &str| j[k].as_str().unwrap_or("").to_string();
+                format!("{}/{}", on("agent"), on("machine"))
+            })
+            .collect();
         let machines = api.get_json("/api/v1/machines").await;
         for m in machines.as_array().into_iter().flatten() {
             let (Some(agent), Some(machine)) = (m["agent"].as_str(), m["machine"].as_str()) else {
@@ -310,7 +326,10 @@ async fn run_to_the_end(api: &Client, ids: &[String], coordinator: &mut Coordina
             };
             let key = format!("{agent}/{machine}");
             let seen = m["updated_ms"].as_i64().unwrap_or_default();
-            if m["state"] == "needs_attention" && confirmed.get(&key) != Some(&seen) {
+            if m["state"] == "needs_attention"
+                && !busy.contains(&key)
+                && confirmed.get(&key) != Some(&seen)
+            {
                 let fw = if m["capabilities"]["process"] == "cnc" {
                     Firmware::Grbl
                 } else {
