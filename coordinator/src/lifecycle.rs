@@ -3,7 +3,7 @@
 //! ```text
 //! submitted → queued → assigned(epoch) → accepted → transferring → running ⇄ paused
 //!           → completed | failed | cancelled
-//! assigned → rejected → queued | failed
+//! assigned | accepted | transferring → rejected → queued | failed
 //! assigned … paused → lost → queued | failed, or back to the agent's report
 //! ```
 //!
@@ -119,11 +119,16 @@ impl JobState {
                     | Cancelled
                     | Lost
             ),
+            // An agent refuses a job it accepted once the download fails or the file fails
+            // its checksum or preflight (`accepted`, `transferring`, `rejected`).
             Accepted => matches!(
                 to,
-                Transferring | Running | Paused | Completed | Failed | Cancelled | Lost
+                Rejected | Transferring | Running | Paused | Completed | Failed | Cancelled | Lost
             ),
-            Transferring => matches!(to, Running | Paused | Completed | Failed | Cancelled | Lost),
+            Transferring => matches!(
+                to,
+                Rejected | Running | Paused | Completed | Failed | Cancelled | Lost
+            ),
             Running => matches!(to, Paused | Completed | Failed | Cancelled | Lost),
             Paused => matches!(to, Running | Completed | Failed | Cancelled | Lost),
             Rejected => matches!(to, Queued | Failed),
@@ -218,6 +223,17 @@ mod tests {
         assert_eq!(err.to_string(), "a running job cannot become queued");
         assert!(JobState::Running.can_move_to(JobState::Lost));
         assert!(JobState::Lost.can_move_to(JobState::Queued));
+    }
+
+    #[test]
+    fn an_agent_may_refuse_a_job_until_it_starts_running() {
+        use JobState::*;
+        for from in [Assigned, Accepted, Transferring] {
+            assert_eq!(from.transition(Rejected), Ok(Rejected), "{from}");
+        }
+        for from in [Running, Paused, Completed, Queued] {
+            assert!(from.transition(Rejected).is_err(), "{from}");
+        }
     }
 
     #[test]

@@ -41,8 +41,12 @@ pub enum LinkEvent {
 pub fn client(settings: &LinkSettings) -> (AsyncClient, EventLoop) {
     let mut o = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
     o.set_keep_alive(Duration::from_secs(15));
-    // Commands are re-sent from the database; the broker's session queue is not relied on.
-    o.set_clean_session(true);
+    // A persistent session: while this coordinator is down (a crash, a restart, a deploy)
+    // an external broker keeps the agents' QoS 1 events for it, and hands them over when it
+    // reconnects with the same client id. A clean session would lose them for good: the
+    // agents' spools are emptied as soon as the broker acknowledges. (Commands the other
+    // way are still re-sent from the database, never left to the agents' session queues.)
+    o.set_clean_session(false);
     o.set_max_packet_size(512 * 1024, 512 * 1024);
     if let Some((u, p)) = &settings.credentials {
         o.set_credentials(u, p);

@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use munifab_firmware_bridge::virtual_machine::{
-    FaultConfig, FirmwareConfig, GrblConfig, MarlinConfig, PtyOptions, VmConfig, spawn_on_pty_with,
+    Executed, FaultConfig, FirmwareConfig, GrblConfig, MarlinConfig, PtyOptions, VmConfig,
+    spawn_on_pty_with,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -50,6 +51,11 @@ pub struct SimulateArgs {
     /// Bootloader silence after a reset, in milliseconds.
     #[arg(long, default_value_t = 0)]
     boot_ms: u64,
+    /// When the machine stops, write every command it executed to this file, one per line
+    /// in order (the text as the firmware saw it: no line number, checksum or comment), so
+    /// another process can compare what ran with the file it sent.
+    #[arg(long)]
+    record: Option<PathBuf>,
 }
 
 impl SimulateArgs {
@@ -118,10 +124,27 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
         .unplug()
         .await
         .context("stopping the virtual machine")?;
+    if let Some(path) = &args.record {
+        write_record(path, &record)
+            .with_context(|| format!("writing the record to {}", path.display()))?;
+    }
     eprintln!(
         "stopped after executing {} commands; {} removed",
         record.len(),
         args.link.display()
     );
     Ok(())
+}
+
+/// One executed command per line; written to a temporary name and renamed, so a reader
+/// never sees half a record.
+fn write_record(path: &std::path::Path, record: &[Executed]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let partial = path.with_extension("partial");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&partial)?);
+    for executed in record {
+        writeln!(out, "{}", executed.command)?;
+    }
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    std::fs::rename(&partial, path)
 }
