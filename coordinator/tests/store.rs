@@ -876,6 +876,26 @@ async fn auto_dispatch_never_assigns_to_a_machine_nobody_confirmed_after_a_job()
         assert_eq!(second.machine, Some(machine("mk3")));
         assert_eq!(second.pool.as_deref(), Some("default"));
         assert_eq!(s.job(cnc.id).await.unwrap().state, JobState::Queued);
+        let mk3 = s.machine(&agent("lab-a"), &machine("mk3")).await.unwrap();
+        assert_eq!(
+            (mk3.readiness.as_deref(), mk3.ready_by.as_deref()),
+            (Some("ready"), Some("tok-1 (Ana)"))
+        );
+        // While that job is on the printer a confirmation is refused (and not audited),
+        // rather than accepted now and silently undone when the job's end is applied.
+        let busy = s
+            .confirm_ready(
+                &agent("lab-a"),
+                &machine("mk3"),
+                false,
+                "tok-1 (Ana)",
+                t + 13_500,
+            )
+            .await;
+        assert!(
+            matches!(&busy, Err(StoreError::MachineBusy { job, .. }) if *job == second.id.to_string()),
+            "{busy:?}"
+        );
 
         // stock loaded and zeroed on the router: the CNC job goes there
         s.confirm_ready(

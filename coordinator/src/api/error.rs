@@ -129,6 +129,9 @@ impl From<StoreError> for ApiError {
                 "conflict",
                 format!("{e}; retry the request"),
             ),
+            StoreError::MachineBusy { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "machine_busy", e.to_string())
+            }
             other => ApiError::internal(other),
         }
     }

@@ -60,7 +60,8 @@ pub struct ReadyBody {
 #[utoipa::path(post, path = "/api/v1/machines/{agent}/{machine}/ready", tag = "machines",
     params(("agent" = String, Path), ("machine" = String, Path)),
     request_body(content = Option<ReadyBody>),
-    responses((status = 202, body = MachineRecord), (status = 404, body = ErrorBody)),
+    responses((status = 202, body = MachineRecord), (status = 404, body = ErrorBody),
+        (status = 409, description = "a job is still on the machine (`machine_busy`)", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn ready(
     State(st): State<AppState>,
@@ -116,6 +117,7 @@ pub(super) async fn ready(
     };
     st.store.enqueue_command(&cmd, "clear", st.now()).await?;
     st.kick.notify_one();
+    let record = st.store.machine(&agent, &machine).await?;
     Ok((StatusCode::ACCEPTED, Json(record)))
 }
 

@@ -408,6 +408,31 @@ impl Store {
             Readiness::Ready
         };
         let mut tx = self.pool().begin().await?;
+        // A confirmation must not race the end of the job on the machine: once the job's
+        // end is applied the machine is reset to `needs_attention`, which would silently undo
+        // a confirmation given before it. Refuse instead; the operator confirms again.
+        let on_machine = crate::lifecycle::JobState::ALL
+            .iter()
+            .filter(|s| s.is_on_machine())
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // The state names are our own constants, not input.
+        let busy = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT id, state FROM jobs WHERE agent = $1 AND machine = $2 \
+             AND state IN ({on_machine}) LIMIT 1"
+        )))
+        .bind(agent.to_string())
+        .bind(machine.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = busy {
+            return Err(StoreError::MachineBusy {
+                machine: format!("{agent}/{machine}"),
+                job: row.try_get("id")?,
+                state: row.try_get("state")?,
+            });
+        }
         let done = sqlx::query(
             "UPDATE machines SET readiness = $1, ready_by = $2, ready_ms = $3 \
              WHERE agent = $4 AND machine = $5",

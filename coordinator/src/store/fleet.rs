@@ -56,6 +56,14 @@ pub struct MachineRecord {
     pub detail: Option<String>,
     /// Last report (Unix ms).
     pub updated_ms: i64,
+    /// The coordinator's own readiness record, which is what the scheduler trusts:
+    /// `ready`, `stock_loaded_and_zeroed` or `needs_attention` (none before the first
+    /// confirmation or job end).
+    pub readiness: Option<String>,
+    /// Who confirmed it ready (none while it needs attention).
+    pub ready_by: Option<String>,
+    /// When the readiness last changed (Unix ms).
+    pub ready_ms: Option<i64>,
 }
 
 fn status_str(s: MachineStatus) -> String {
@@ -83,7 +91,8 @@ fn agent_from_row(row: &AnyRow) -> Result<AgentRecord, StoreError> {
 
 const MACHINE_SELECT: &str = "SELECT m.agent AS agent, m.machine AS machine, m.state AS state, \
     m.capabilities AS capabilities, m.job AS job, m.epoch AS epoch, m.detail AS detail, \
-    m.updated_ms AS updated_ms, a.site AS site, a.online AS online \
+    m.updated_ms AS updated_ms, m.readiness AS readiness, m.ready_by AS ready_by, \
+    m.ready_ms AS ready_ms, a.site AS site, a.online AS online \
     FROM machines m JOIN agents a ON a.id = m.agent";
 
 fn machine_from_row(row: &AnyRow) -> Result<MachineRecord, StoreError> {
@@ -106,6 +115,9 @@ fn machine_from_row(row: &AnyRow) -> Result<MachineRecord, StoreError> {
         epoch: row.try_get::<Option<i64>, _>("epoch")?.map(|e| e as u64),
         detail: row.try_get("detail")?,
         updated_ms: row.try_get("updated_ms")?,
+        readiness: row.try_get("readiness")?,
+        ready_by: row.try_get("ready_by")?,
+        ready_ms: row.try_get("ready_ms")?,
     })
 }
 

@@ -70,6 +70,19 @@ pub enum StoreError {
     /// The row changed under this operation (another writer won); retry with fresh data.
     #[error("job {0} changed concurrently")]
     Conflict(String),
+    /// A machine cannot be confirmed ready while a job is still on it in the coordinator's
+    /// view (its end event not applied yet, or the job really still running).
+    #[error(
+        "machine {machine} still has job {job} ({state}); confirm it ready once the job has ended"
+    )]
+    MachineBusy {
+        /// `agent/machine`.
+        machine: String,
+        /// The job on it.
+        job: String,
+        /// That job's state.
+        state: String,
+    },
     /// A ledger entry could not be sealed (its figures are out of range).
     #[error("ledger: {0}")]
     Ledger(#[from] crate::ledger::DraftError),
