@@ -37,22 +37,28 @@ impl Default for MotionLimits {
 /// Time to travel `length` mm starting at `v0`, ending at `v1`, cruising at most at `vmax`
 /// (mm/s) with acceleration `a` (mm/s²). The caller guarantees `v1` reachable from `v0`.
 pub fn trapezoid_seconds(length: f64, v0: f64, v1: f64, vmax: f64, a: f64) -> f64 {
-    trapezoid(length, v0, v1, vmax, a, 1.0 / a)
-}
-
-#[inline(always)]
-fn trapezoid(length: f64, v0: f64, v1: f64, vmax: f64, a: f64, inv_a: f64) -> f64 {
-    if length <= 0.0 || vmax <= 0.0 {
+    if length <= 0.0 || vmax <= 0.0 || a <= 0.0 {
         return 0.0;
     }
-    let accel_dist = (vmax * vmax - v0 * v0) * 0.5 * inv_a;
-    let decel_dist = (vmax * vmax - v1 * v1) * 0.5 * inv_a;
+    trapezoid(length, v0, v1, vmax, 1.0 / vmax, a, 1.0 / a)
+}
+
+/// [`trapezoid_seconds`] for a positive length, speed and acceleration, with their
+/// reciprocals at hand. Both shapes are computed and one is selected: which one applies is
+/// a coin toss on slicer output, and a mispredicted branch costs more than the square root.
+#[inline(always)]
+fn trapezoid(length: f64, v0: f64, v1: f64, vmax: f64, inv_vmax: f64, a: f64, inv_a: f64) -> f64 {
+    let (v00, v11) = (v0 * v0, v1 * v1);
+    let accel_dist = (vmax * vmax - v00) * 0.5 * inv_a;
+    let decel_dist = (vmax * vmax - v11) * 0.5 * inv_a;
+    let cruise = (2.0 * vmax - v0 - v1) * inv_a + (length - accel_dist - decel_dist) * inv_vmax;
+    // Never reaches vmax: a triangle peaking where both ramps meet.
+    let peak = ((2.0 * a * length + v00 + v11) * 0.5).sqrt();
+    let triangle = ((peak - v0).max(0.0) + (peak - v1).max(0.0)) * inv_a;
     if accel_dist + decel_dist <= length {
-        (2.0 * vmax - v0 - v1) * inv_a + (length - accel_dist - decel_dist) / vmax
+        cruise
     } else {
-        // Never reaches vmax: a triangle peaking where both ramps meet.
-        let peak = ((2.0 * a * length + v0 * v0 + v1 * v1) * 0.5).sqrt();
-        ((peak - v0).max(0.0) + (peak - v1).max(0.0)) * inv_a
+        triangle
     }
 }
 
@@ -61,7 +67,11 @@ fn trapezoid(length: f64, v0: f64, v1: f64, vmax: f64, a: f64, inv_a: f64) -> f6
 struct Pending {
     length: f64,
     vmax: f64,
+    inv_vmax: f64,
     entry: f64,
+    /// `entry²`, and the square of the fastest exit: `entry² + 2·a·length`.
+    entry2: f64,
+    reachable2: f64,
     dir_end: [f64; 3],
 }
 
@@ -70,7 +80,12 @@ struct Pending {
 pub(crate) struct Planner {
     accel: f64,
     inv_accel: f64,
-    pending: Option<Pending>,
+    /// The move waiting for its successor, valid when `has_pending`.
+    pending: Pending,
+    has_pending: bool,
+    /// The last speed limit seen and its reciprocal: most moves share their feed.
+    last_vmax: f64,
+    last_inv_vmax: f64,
     seconds: f64,
 }
 
@@ -79,7 +94,18 @@ impl Planner {
         Self {
             accel: accel.max(1e-3),
             inv_accel: 1.0 / accel.max(1e-3),
-            pending: None,
+            pending: Pending {
+                length: 0.0,
+                vmax: 0.0,
+                inv_vmax: 0.0,
+                entry: 0.0,
+                entry2: 0.0,
+                reachable2: 0.0,
+                dir_end: [0.0; 3],
+            },
+            has_pending: false,
+            last_vmax: 1.0,
+            last_inv_vmax: 1.0,
             seconds: 0.0,
         }
     }
@@ -93,55 +119,66 @@ impl Planner {
 
     /// Adds a move of `length` mm at up to `vmax` mm/s whose direction is `dir_start` at
     /// its start and `dir_end` at its end (unit vectors; zero for extruder-only moves).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn push(&mut self, length: f64, vmax: f64, dir_start: [f64; 3], dir_end: [f64; 3]) {
         if length <= 0.0 || vmax <= 0.0 {
             return;
         }
+        if vmax != self.last_vmax {
+            self.last_vmax = vmax;
+            self.last_inv_vmax = 1.0 / vmax;
+        }
+        let inv_vmax = self.last_inv_vmax;
         let a = self.accel;
-        let entry = match self.pending.take() {
-            Some(prev) => {
-                let cos = prev.dir_end[0] * dir_start[0]
-                    + prev.dir_end[1] * dir_start[1]
-                    + prev.dir_end[2] * dir_start[2];
-                // Compare squares first: the square roots are rarely the binding limit.
-                let mut junction = prev.vmax.min(vmax) * cos.max(0.0);
-                let reachable = prev.entry * prev.entry + 2.0 * a * prev.length;
-                if junction * junction > reachable {
-                    junction = reachable.sqrt();
-                }
-                let stoppable = 2.0 * a * length;
-                if junction * junction > stoppable {
-                    junction = stoppable.sqrt();
-                }
-                self.seconds += trapezoid(
-                    prev.length,
-                    prev.entry,
-                    junction,
-                    prev.vmax,
-                    a,
-                    self.inv_accel,
-                );
-                junction
-            }
-            None => 0.0,
+        let stoppable2 = 2.0 * a * length;
+        let (entry, entry2) = if self.has_pending {
+            let prev = self.pending;
+            let cos = prev.dir_end[0] * dir_start[0]
+                + prev.dir_end[1] * dir_start[1]
+                + prev.dir_end[2] * dir_start[2];
+            // The junction speed: the angle's, capped by what the previous move can reach
+            // from its entry and by what this move can still stop from. Worked out in
+            // squares: the entry speeds chain from move to move, and a square root in
+            // that chain would make every move wait for the previous one's.
+            let angle = prev.vmax.min(vmax) * cos.max(0.0);
+            let junction2 = (angle * angle).min(stoppable2).min(prev.reachable2);
+            let junction = junction2.sqrt();
+            self.seconds += trapezoid(
+                prev.length,
+                prev.entry,
+                junction,
+                prev.vmax,
+                prev.inv_vmax,
+                a,
+                self.inv_accel,
+            );
+            (junction, junction2)
+        } else {
+            (0.0, 0.0)
         };
-        self.pending = Some(Pending {
+        self.pending = Pending {
             length,
             vmax,
+            inv_vmax,
             entry,
+            entry2,
+            reachable2: entry2 + stoppable2,
             dir_end,
-        });
+        };
+        self.has_pending = true;
     }
 
     /// Brings the machine to rest (a dwell, a heat-up wait, the end of the file).
     pub(crate) fn stop(&mut self) {
-        if let Some(prev) = self.pending.take() {
+        if self.has_pending {
+            let prev = self.pending;
+            self.has_pending = false;
             self.seconds += trapezoid(
                 prev.length,
                 prev.entry,
                 0.0,
                 prev.vmax,
+                prev.inv_vmax,
                 self.accel,
                 self.inv_accel,
             );
