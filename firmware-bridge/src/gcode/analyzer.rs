@@ -1013,15 +1013,14 @@ impl Analyzer {
             }
         }
         let d = [to[0] - from[0], to[1] - from[1], to[2] - from[2]];
-        let length = (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt();
+        let length2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
+        let length = length2.sqrt();
         if length > EPS {
             let v = self.speed_limit(rapid, m.has(AXIS_F), length, d[2]);
-            let inv = 1.0 / length;
-            let dir = [d[0] * inv, d[1] * inv, d[2] * inv];
-            self.planner.push(length, v, dir, dir);
+            self.planner.push(length, v, d, d, length2);
         } else if de.abs() > EPS {
             let v = self.feed_mm_min.min(self.max_feed) / 60.0;
-            self.planner.push(de.abs(), v, [0.0; 3], [0.0; 3]);
+            self.planner.push(de.abs(), v, [0.0; 3], [0.0; 3], 1.0);
         }
         let xy_moved = d[0].abs() > EPS || d[1].abs() > EPS;
         let work = (de > EPS && xy_moved) || (self.spindle_on && !rapid && length > EPS);
@@ -1130,6 +1129,7 @@ impl Analyzer {
                 v,
                 tangent(a0),
                 tangent(a0 + if clockwise { -sweep } else { sweep }),
+                1.0,
             );
         }
         let work = de > EPS || self.spindle_on;

@@ -40,15 +40,26 @@ pub fn trapezoid_seconds(length: f64, v0: f64, v1: f64, vmax: f64, a: f64) -> f6
     if length <= 0.0 || vmax <= 0.0 || a <= 0.0 {
         return 0.0;
     }
-    trapezoid(length, v0, v1, vmax, 1.0 / vmax, a, 1.0 / a)
+    trapezoid(length, v0, v0 * v0, v1, v1 * v1, vmax, 1.0 / vmax, a, 1.0 / a)
 }
 
-/// [`trapezoid_seconds`] for a positive length, speed and acceleration, with their
-/// reciprocals at hand. Both shapes are computed and one is selected: which one applies is
-/// a coin toss on slicer output, and a mispredicted branch costs more than the square root.
+/// [`trapezoid_seconds`] for a positive length, speed and acceleration, with the squares of
+/// the end speeds and the reciprocals at hand. Both shapes are computed and one is
+/// selected: which one applies is a coin toss on slicer output, and a mispredicted branch
+/// costs more than the square root.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn trapezoid(length: f64, v0: f64, v1: f64, vmax: f64, inv_vmax: f64, a: f64, inv_a: f64) -> f64 {
-    let (v00, v11) = (v0 * v0, v1 * v1);
+fn trapezoid(
+    length: f64,
+    v0: f64,
+    v00: f64,
+    v1: f64,
+    v11: f64,
+    vmax: f64,
+    inv_vmax: f64,
+    a: f64,
+    inv_a: f64,
+) -> f64 {
     let accel_dist = (vmax * vmax - v00) * 0.5 * inv_a;
     let decel_dist = (vmax * vmax - v11) * 0.5 * inv_a;
     let cruise = (2.0 * vmax - v0 - v1) * inv_a + (length - accel_dist - decel_dist) * inv_vmax;
@@ -73,6 +84,8 @@ struct Pending {
     entry2: f64,
     reachable2: f64,
     dir_end: [f64; 3],
+    /// Squared length of `dir_end`.
+    norm2: f64,
 }
 
 /// The streaming duration planner.
@@ -102,6 +115,7 @@ impl Planner {
                 entry2: 0.0,
                 reachable2: 0.0,
                 dir_end: [0.0; 3],
+                norm2: 1.0,
             },
             has_pending: false,
             last_vmax: 1.0,
@@ -118,9 +132,18 @@ impl Planner {
     }
 
     /// Adds a move of `length` mm at up to `vmax` mm/s whose direction is `dir_start` at
-    /// its start and `dir_end` at its end (unit vectors; zero for extruder-only moves).
+    /// its start and `dir_end` at its end: vectors of squared length `norm2`, not
+    /// necessarily unit (a straight move passes its displacement and `length²`, sparing a
+    /// division); zero vectors with `norm2` 1 for extruder-only moves.
     #[inline(always)]
-    pub(crate) fn push(&mut self, length: f64, vmax: f64, dir_start: [f64; 3], dir_end: [f64; 3]) {
+    pub(crate) fn push(
+        &mut self,
+        length: f64,
+        vmax: f64,
+        dir_start: [f64; 3],
+        dir_end: [f64; 3],
+        norm2: f64,
+    ) {
         if length <= 0.0 || vmax <= 0.0 {
             return;
         }
@@ -133,20 +156,25 @@ impl Planner {
         let stoppable2 = 2.0 * a * length;
         let (entry, entry2) = if self.has_pending {
             let prev = self.pending;
-            let cos = prev.dir_end[0] * dir_start[0]
+            let dot = prev.dir_end[0] * dir_start[0]
                 + prev.dir_end[1] * dir_start[1]
                 + prev.dir_end[2] * dir_start[2];
-            // The junction speed: the angle's, capped by what the previous move can reach
-            // from its entry and by what this move can still stop from. Worked out in
-            // squares: the entry speeds chain from move to move, and a square root in
-            // that chain would make every move wait for the previous one's.
-            let angle = prev.vmax.min(vmax) * cos.max(0.0);
-            let junction2 = (angle * angle).min(stoppable2).min(prev.reachable2);
+            // The junction speed: the angle's (the cosine times the slower of the two
+            // moves' speeds), capped by what the previous move can reach from its entry and
+            // by what this move can still stop from. Worked out in squares: the entry
+            // speeds chain from move to move, and a square root in that chain would make
+            // every move wait for the previous one's.
+            let vmin = prev.vmax.min(vmax);
+            let cos = dot.max(0.0);
+            let angle2 = vmin * vmin * (cos * cos / (prev.norm2 * norm2));
+            let junction2 = angle2.min(stoppable2).min(prev.reachable2);
             let junction = junction2.sqrt();
             self.seconds += trapezoid(
                 prev.length,
                 prev.entry,
+                prev.entry2,
                 junction,
+                junction2,
                 prev.vmax,
                 prev.inv_vmax,
                 a,
@@ -164,6 +192,7 @@ impl Planner {
             entry2,
             reachable2: entry2 + stoppable2,
             dir_end,
+            norm2,
         };
         self.has_pending = true;
     }
@@ -176,6 +205,8 @@ impl Planner {
             self.seconds += trapezoid(
                 prev.length,
                 prev.entry,
+                prev.entry2,
+                0.0,
                 0.0,
                 prev.vmax,
                 prev.inv_vmax,
@@ -222,10 +253,10 @@ mod tests {
     fn a_straight_line_split_in_two_takes_as_long_as_whole() {
         let x = [1.0, 0.0, 0.0];
         let mut whole = Planner::new(1000.0);
-        whole.push(20.0, 10.0, x, x);
+        whole.push(20.0, 10.0, x, x, 1.0);
         let mut split = Planner::new(1000.0);
-        split.push(10.0, 10.0, x, x);
-        split.push(10.0, 10.0, x, x);
+        split.push(10.0, 10.0, x, x, 1.0);
+        split.push(10.0, 10.0, x, x, 1.0);
         let (a, b) = (whole.finish(), split.finish());
         assert!((a - b).abs() < 1e-12, "{a} vs {b}");
     }
@@ -233,8 +264,8 @@ mod tests {
     #[test]
     fn a_right_angle_stops_the_machine() {
         let mut p = Planner::new(1000.0);
-        p.push(10.0, 10.0, [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]);
-        p.push(10.0, 10.0, [0.0, 1.0, 0.0], [0.0, 1.0, 0.0]);
+        p.push(10.0, 10.0, [1.0, 0.0, 0.0], [1.0, 0.0, 0.0], 1.0);
+        p.push(10.0, 10.0, [0.0, 1.0, 0.0], [0.0, 1.0, 0.0], 1.0);
         assert!((p.finish() - 2.02).abs() < 1e-12);
     }
 }
