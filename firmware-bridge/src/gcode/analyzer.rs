@@ -1439,7 +1439,7 @@ fn check_machine(
     }
 }
 
-/// A number as a maker wrote it: the fast reader can be one unit in the last place off.
+/// A number as a maker wrote it, without binary noise (`S240.00000000000003`).
 fn shown(v: f64) -> f64 {
     (v * 1e4).round() / 1e4
 }

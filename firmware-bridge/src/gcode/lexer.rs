@@ -330,12 +330,12 @@ pub(crate) struct Number {
     pub minor: u8,
 }
 
-/// Negative powers of ten. Multiplying by one (rather than dividing by 10^k) can be one
-/// unit in the last place away from the correctly rounded value, about 1e-15 relative: far
-/// below the 3 to 5 decimals G-code carries, and four times faster on the hot path.
-const NEG_POW10: [f64; 19] = [
-    1e0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9, 1e-10, 1e-11, 1e-12, 1e-13, 1e-14,
-    1e-15, 1e-16, 1e-17, 1e-18,
+/// Powers of ten, all exact in an f64. A mantissa of at most 15 digits is exact too, and
+/// IEEE division rounds correctly, so `mantissa / 10^k` is the correctly rounded value of
+/// the decimal: the same f64 as `str::parse::<f64>`, to the bit. (Multiplying by 10^-k,
+/// which is not exact, is slightly faster but can be one unit in the last place off.)
+const POW10: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
 ];
 
 /// Parses `[+-]digits[.digits]` at the start of `s`; returns the number and the bytes used.
@@ -391,9 +391,9 @@ pub(crate) fn parse_number(s: &[u8]) -> Option<(Number, usize)> {
     if digits == 0 {
         return None;
     }
-    let magnitude = if digits <= 15 && (frac_digits as usize) < NEG_POW10.len() {
+    let magnitude = if digits <= 15 {
         // Through i64: x86-64 converts signed integers in one instruction, unsigned not.
-        (mantissa as i64) as f64 * NEG_POW10[frac_digits as usize]
+        (mantissa as i64) as f64 / POW10[frac_digits as usize]
     } else {
         // Too many digits for the exact path: rare, so let the standard library do it.
         let start = usize::from(negative || s.first() == Some(&b'+'));
@@ -479,7 +479,7 @@ pub(crate) fn short_number(buf: &[u8], start: usize) -> Option<(f64, usize)> {
         .wrapping_add(((v >> 16) & 0x0000_00FF_0000_00FF).wrapping_mul(0x0000_2710_0000_0001)))
         >> 32;
     // Through i64: x86-64 converts signed integers in one instruction, unsigned not.
-    let magnitude = (v as i64) as f64 * NEG_POW10[frac_digits as usize];
+    let magnitude = (v as i64) as f64 / POW10[frac_digits as usize];
     let value = f64::from_bits(magnitude.to_bits() | u64::from(negative) << 63);
     Some((value, len as usize))
 }
@@ -535,7 +535,7 @@ fn parse_number_swar(s: &[u8], start: usize, negative: bool) -> Option<(Number, 
         return None;
     }
     // Through i64: x86-64 converts signed integers in one instruction, unsigned not.
-    let magnitude = (mantissa as i64) as f64 * NEG_POW10[frac_digits as usize];
+    let magnitude = (mantissa as i64) as f64 / POW10[frac_digits as usize];
     Some((
         Number {
             value: if negative { -magnitude } else { magnitude },
@@ -550,6 +550,8 @@ const POW10_INT: [u64; 8] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_0
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn tokens(line: &str) -> Vec<Token<'_>> {
@@ -579,12 +581,8 @@ mod tests {
         ] {
             let (n, used) = parse_number(s.as_bytes()).unwrap();
             assert_eq!(used, s.len(), "{s}");
-            let expected: f64 = s.trim_end_matches('.').parse().unwrap_or(3.0);
-            assert!(
-                (n.value - expected).abs() <= expected.abs() * 1e-15,
-                "{s}: {}",
-                n.value
-            );
+            let expected: f64 = s.parse().unwrap();
+            assert_eq!(n.value.to_bits(), expected.to_bits(), "{s}: {}", n.value);
         }
         assert_eq!(parse_number(b"-"), None);
         assert_eq!(parse_number(b"x"), None);
@@ -641,10 +639,7 @@ mod tests {
                 let swar = parse_number_swar(b, start, !sign.is_empty());
                 if let (Some(fast), Some(slow)) = (swar, scalar.or_else(|| parse_number(b))) {
                     assert_eq!(fast.1, slow.1, "{text}");
-                    assert!(
-                        (fast.0.value - slow.0.value).abs() <= slow.0.value.abs() * 1e-15,
-                        "{text}"
-                    );
+                    assert_eq!(fast.0.value.to_bits(), slow.0.value.to_bits(), "{text}");
                     assert_eq!(
                         (fast.0.major, fast.0.minor),
                         (slow.0.major, slow.0.minor),
@@ -652,18 +647,70 @@ mod tests {
                     );
                 }
                 if let Some((n, used)) = parse_number(b) {
-                    let expected: f64 = std::str::from_utf8(&b[..used])
-                        .unwrap()
-                        .trim_end_matches('.')
-                        .parse()
-                        .unwrap_or(0.0);
-                    assert!(
-                        (n.value - expected).abs() <= expected.abs() * 1e-15,
-                        "{text}: {} vs {expected}",
-                        n.value
-                    );
+                    let expected: f64 = std::str::from_utf8(&b[..used]).unwrap().parse().unwrap();
+                    assert_eq!(n.value.to_bits(), expected.to_bits(), "{text}");
                 }
             }
+        }
+    }
+
+    /// A G-code number: optional sign, up to 17 digits, optional dot and up to 17 more
+    /// (at least one digit in all), followed by what may follow a number on a line.
+    fn number_text() -> impl Strategy<Value = String> {
+        (
+            prop_oneof![Just(""), Just("-"), Just("+")],
+            "[0-9]{0,17}",
+            proptest::option::of("[0-9]{0,17}"),
+            prop_oneof![
+                Just(""),
+                Just(" "),
+                Just(" Y1.5 E.2"),
+                Just(";c"),
+                Just("\r\n"),
+                Just("X")
+            ],
+        )
+            .prop_filter("a number has a digit", |(_, int, frac, _)| {
+                !int.is_empty() || frac.as_ref().is_some_and(|f| !f.is_empty())
+            })
+            .prop_map(|(sign, int, frac, tail)| match frac {
+                Some(frac) => format!("{sign}{int}.{frac}{tail}"),
+                None => format!("{sign}{int}{tail}"),
+            })
+    }
+
+    proptest! {
+        /// Exactly equal, not within one unit in the last place: the same f64 bits.
+        #[test]
+        fn numbers_read_to_the_same_bits_as_the_standard_library(text in number_text()) {
+            let b = text.as_bytes();
+            let (n, used) = parse_number(b).expect("a number");
+            let written = std::str::from_utf8(&b[..used]).unwrap();
+            let expected: f64 = written.parse().unwrap();
+            prop_assert_eq!(n.value.to_bits(), expected.to_bits(), "{} read as {}", written, n.value);
+            // The one-load reader, where it applies, agrees to the bit and the byte.
+            if let Some((value, len)) = short_number(b, 0) {
+                prop_assert_eq!(len, used);
+                prop_assert_eq!(value.to_bits(), expected.to_bits());
+            }
+        }
+
+        #[test]
+        fn the_one_load_reader_takes_every_short_number(
+            sign in prop_oneof![Just(""), Just("-")],
+            int in "[0-9]{0,6}",
+            frac in proptest::option::of("[0-9]{0,6}"),
+        ) {
+            let text = match &frac {
+                Some(f) => format!("{sign}{int}.{f}"),
+                None => format!("{sign}{int}"),
+            };
+            prop_assume!(text.len() <= 7 && text.bytes().any(|b| b.is_ascii_digit()));
+            // Followed by the next word, so that 8 bytes are there to load.
+            let line = format!("{text} Y12.5 E0.1");
+            let (value, len) = short_number(line.as_bytes(), 0).expect("short numbers take the fast read");
+            prop_assert_eq!(len, text.len());
+            prop_assert_eq!(value.to_bits(), text.parse::<f64>().unwrap().to_bits());
         }
     }
 

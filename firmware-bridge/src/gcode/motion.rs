@@ -40,7 +40,17 @@ pub fn trapezoid_seconds(length: f64, v0: f64, v1: f64, vmax: f64, a: f64) -> f6
     if length <= 0.0 || vmax <= 0.0 || a <= 0.0 {
         return 0.0;
     }
-    trapezoid(length, v0, v0 * v0, v1, v1 * v1, vmax, 1.0 / vmax, a, 1.0 / a)
+    trapezoid(
+        length,
+        v0,
+        v0 * v0,
+        v1,
+        v1 * v1,
+        vmax,
+        1.0 / vmax,
+        a,
+        1.0 / a,
+    )
 }
 
 /// [`trapezoid_seconds`] for a positive length, speed and acceleration, with the squares of
