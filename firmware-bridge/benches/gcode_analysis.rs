@@ -171,7 +171,6 @@ fn main() {
         best_median(theirs_wall),
         best_median(theirs_cpu),
     );
-    let mut ratios = ratios;
     ratios.sort_by(f64::total_cmp);
     println!("{ROUNDS} rounds, MB/s (best / median), by wall time and by CPU time:");
     println!(
