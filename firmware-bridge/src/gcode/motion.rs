@@ -98,6 +98,38 @@ struct Pending {
     norm2: f64,
 }
 
+/// A move whose entry and exit speeds are both known, waiting to be timed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Planned {
+    length: f64,
+    entry: f64,
+    entry2: f64,
+    exit: f64,
+    exit2: f64,
+    vmax: f64,
+    inv_vmax: f64,
+    /// The acceleration in force when the exit speed was decided, and its reciprocal.
+    accel: f64,
+    inv_accel: f64,
+}
+
+impl Planned {
+    #[inline(always)]
+    fn seconds(&self) -> f64 {
+        trapezoid(
+            self.length,
+            self.entry,
+            self.entry2,
+            self.exit,
+            self.exit2,
+            self.vmax,
+            self.inv_vmax,
+            self.accel,
+            self.inv_accel,
+        )
+    }
+}
+
 /// The streaming duration planner.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Planner {
@@ -106,6 +138,10 @@ pub(crate) struct Planner {
     /// The move waiting for its successor, valid when `has_pending`.
     pending: Pending,
     has_pending: bool,
+    /// The move before it, timed only when the next move arrives: its inputs are ready
+    /// by then, so timing it does not wait for the new move's arithmetic. The sum is
+    /// taken in the same order as timing each move at once would.
+    planned: Option<Planned>,
     /// The last speed limit seen and its reciprocal: most moves share their feed.
     last_vmax: f64,
     last_inv_vmax: f64,
@@ -128,6 +164,7 @@ impl Planner {
                 norm2: 1.0,
             },
             has_pending: false,
+            planned: None,
             last_vmax: 1.0,
             last_inv_vmax: 1.0,
             seconds: 0.0,
@@ -162,6 +199,9 @@ impl Planner {
             self.last_inv_vmax = 1.0 / vmax;
         }
         let inv_vmax = self.last_inv_vmax;
+        if let Some(planned) = self.planned.take() {
+            self.seconds += planned.seconds();
+        }
         let a = self.accel;
         let stoppable2 = 2.0 * a * length;
         let (entry, entry2) = if self.has_pending {
@@ -179,17 +219,17 @@ impl Planner {
             let angle2 = vmin * vmin * (cos * cos / (prev.norm2 * norm2));
             let junction2 = angle2.min(stoppable2).min(prev.reachable2);
             let junction = junction2.sqrt();
-            self.seconds += trapezoid(
-                prev.length,
-                prev.entry,
-                prev.entry2,
-                junction,
-                junction2,
-                prev.vmax,
-                prev.inv_vmax,
-                a,
-                self.inv_accel,
-            );
+            self.planned = Some(Planned {
+                length: prev.length,
+                entry: prev.entry,
+                entry2: prev.entry2,
+                exit: junction,
+                exit2: junction2,
+                vmax: prev.vmax,
+                inv_vmax: prev.inv_vmax,
+                accel: a,
+                inv_accel: self.inv_accel,
+            });
             (junction, junction2)
         } else {
             (0.0, 0.0)
@@ -209,6 +249,9 @@ impl Planner {
 
     /// Brings the machine to rest (a dwell, a heat-up wait, the end of the file).
     pub(crate) fn stop(&mut self) {
+        if let Some(planned) = self.planned.take() {
+            self.seconds += planned.seconds();
+        }
         if self.has_pending {
             let prev = self.pending;
             self.has_pending = false;
@@ -269,6 +312,21 @@ mod tests {
         split.push(10.0, 10.0, x, x, 1.0);
         let (a, b) = (whole.finish(), split.finish());
         assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+    }
+
+    #[test]
+    fn a_move_timed_late_keeps_the_acceleration_of_its_junction() {
+        // The first move is timed with 100 mm/s², in force when its exit was decided,
+        // although the planner times it only at the stop; the last one with the 1000 mm/s²
+        // in force at the stop.
+        let mut p = Planner::new(1000.0);
+        p.push(10.0, 10.0, [1.0, 0.0, 0.0], [1.0, 0.0, 0.0], 1.0);
+        p.set_acceleration(100.0);
+        p.push(10.0, 10.0, [0.0, 1.0, 0.0], [0.0, 1.0, 0.0], 1.0);
+        p.set_acceleration(1000.0);
+        // 0.1 s up, 0.1 s down, 9 mm at 10 mm/s: 1.1 s; then 1.01 s as in the test above.
+        let t = p.finish();
+        assert!((t - 2.11).abs() < 1e-12, "{t}");
     }
 
     #[test]
