@@ -94,34 +94,31 @@ fn stream(total: usize) -> (u64, u32, f64) {
     (analysis.lines, analysis.layers, analysis.extrusion_mm)
 }
 
-/// CPU time of this thread (user + system), seconds. The build machine is shared, so wall
-/// time measures the neighbours as much as the code; CPU time does not (10 ms ticks).
+/// CPU time this thread has run, seconds, from the scheduler's nanosecond account
+/// (`/proc/thread-self/schedstat`). The build machine is shared, so wall time measures the
+/// neighbours as much as the code; CPU time much less so.
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(f64::NAN, |ns| ns / 1e9)
 }
 
-/// Best (wall, cpu) seconds of `runs` runs.
-fn best_of<F: FnMut()>(runs: usize, mut f: F) -> (f64, f64) {
-    let mut best = (f64::INFINITY, f64::INFINITY);
-    for _ in 0..runs {
-        let cpu = cpu_seconds();
-        let t = Instant::now();
-        f();
-        best.0 = best.0.min(t.elapsed().as_secs_f64());
-        best.1 = best.1.min(cpu_seconds() - cpu);
-    }
-    best
+/// (wall, cpu) seconds of one run of `f`.
+fn timed<F: FnMut()>(mut f: F) -> (f64, f64) {
+    let cpu = cpu_seconds();
+    let t = Instant::now();
+    f();
+    (t.elapsed().as_secs_f64(), cpu_seconds() - cpu)
 }
+
+/// Best and median of `xs`.
+fn best_median(mut xs: Vec<f64>) -> (f64, f64) {
+    xs.sort_by(f64::total_cmp);
+    (xs[0], xs[xs.len() / 2])
+}
+
+const ROUNDS: usize = 9;
 
 fn main() {
     const MB: f64 = 1_000_000.0;
@@ -142,43 +139,58 @@ fn main() {
     let text = std::str::from_utf8(&data).expect("generated G-code is ASCII");
     let mb = data.len() as f64 / MB;
 
-    let mut check = (0, 0.0);
-    let mut ours = (f64::INFINITY, f64::INFINITY);
-    let mut theirs = (f64::INFINITY, f64::INFINITY);
+    let mut check = (0, 0.0, 0.0);
+    let (mut ours_wall, mut ours_cpu, mut theirs_wall, mut theirs_cpu, mut ratios) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // Interleaved, so that a busy spell on the machine hits both sides alike.
-    for _ in 0..5 {
-        let o = best_of(1, || {
+    for _ in 0..ROUNDS {
+        let o = timed(|| {
             let mut a = Analyzer::new();
-            for chunk in data.chunks(1 << 20) {
+            for chunk in std::hint::black_box(&data).chunks(1 << 20) {
                 a.feed(chunk);
             }
             let r = a.finish();
-            check = (r.lines, r.extrusion_mm);
+            check = (r.lines, r.extrusion_mm, r.estimated_seconds);
         });
-        let t = best_of(1, || {
+        let t = timed(|| {
             gcode::core::parse(std::hint::black_box(text), &mut gcode::core::Noop);
         });
-        ours = (ours.0.min(o.0), ours.1.min(o.1));
-        theirs = (theirs.0.min(t.0), theirs.1.min(t.1));
+        ours_wall.push(o.0);
+        ours_cpu.push(o.1);
+        theirs_wall.push(t.0);
+        theirs_cpu.push(t.1);
+        ratios.push(t.1 / o.1);
     }
     println!(
-        "input: {mb:.1} MB in memory, {} lines, {:.0} mm of filament",
-        check.0, check.1
+        "input: {mb:.1} MB in memory, {} lines, {:.0} mm of filament, {:.0} s estimated",
+        check.0, check.1, check.2
     );
-    println!("best of 5, MB/s by wall time and by CPU time:");
+    let (ow, oc, tw, tc) = (
+        best_median(ours_wall),
+        best_median(ours_cpu),
+        best_median(theirs_wall),
+        best_median(theirs_cpu),
+    );
+    ratios.sort_by(f64::total_cmp);
+    println!("{ROUNDS} rounds, MB/s (best / median), by wall time and by CPU time:");
     println!(
-        "munifab analysis (full report, one core): {:8.1} wall {:8.1} cpu",
-        mb / ours.0,
-        mb / ours.1
+        "munifab analysis (full report, one core): wall {:6.1} / {:6.1}   cpu {:6.1} / {:6.1}",
+        mb / ow.0,
+        mb / ow.1,
+        mb / oc.0,
+        mb / oc.1
     );
     println!(
-        "gcode::core::parse, no-op visitor:        {:8.1} wall {:8.1} cpu",
-        mb / theirs.0,
-        mb / theirs.1
+        "gcode::core::parse, no-op visitor:        wall {:6.1} / {:6.1}   cpu {:6.1} / {:6.1}",
+        mb / tw.0,
+        mb / tw.1,
+        mb / tc.0,
+        mb / tc.1
     );
     println!(
-        "ratio: {:.2}x wall, {:.2}x cpu",
-        theirs.0 / ours.0,
-        theirs.1 / ours.1
+        "ratio by CPU time: best to best {:.2}x, median to median {:.2}x, median of the rounds' ratios {:.2}x",
+        tc.0 / oc.0,
+        tc.1 / oc.1,
+        ratios[ratios.len() / 2]
     );
 }

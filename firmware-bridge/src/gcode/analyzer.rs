@@ -14,7 +14,7 @@ use munifab_protocol::{Capabilities, Flavour, Process};
 use super::analysis::{Analysis, BoundsAcc, Evidence, LayerHeights, Temperatures, ToolReport};
 use super::commands::{self, Class};
 use super::finding::{FindingCode, FindingSink};
-use super::lexer::{Lexer, Token, Word, parse_number};
+use super::lexer::{AXES_XYZE, AXIS_E, AXIS_F, Axes, Lexer, PlainMove, Token, Word, plain_move};
 use super::motion::{MotionLimits, Planner};
 use super::profile::MachineProfile;
 use super::slicer::SlicerScanner;
@@ -97,6 +97,19 @@ impl Params {
 
     fn named(&self, letter: u8) -> bool {
         (self.mask | self.flags) & (1 << (letter - b'A')) != 0
+    }
+
+    /// The move words, in the form the motion code reads.
+    fn axes(&self) -> Axes {
+        let mut axes = Axes::EMPTY;
+        for (i, letter) in b"XYZEF".iter().enumerate() {
+            if let Some(v) = self.get(*letter) {
+                axes.values[i] = v;
+                axes.columns[i] = self.columns[SLOT[(letter - b'A') as usize] as usize];
+                axes.mask |= 1 << i;
+            }
+        }
+        axes
     }
 }
 
@@ -200,6 +213,20 @@ struct ToolAcc {
 #[derive(Debug, Clone)]
 struct Limits {
     caps: Capabilities,
+    /// The build volume, per axis, with a micrometre of tolerance.
+    lo: [f64; 3],
+    hi: [f64; 3],
+}
+
+impl Limits {
+    fn new(caps: Capabilities) -> Self {
+        let v = caps.build_volume;
+        Self {
+            lo: [v.min.x - 1e-6, v.min.y - 1e-6, v.min.z - 1e-6],
+            hi: [v.max.x + 1e-6, v.max.y + 1e-6, v.max.z + 1e-6],
+            caps,
+        }
+    }
 }
 
 /// Reads G-code in chunks of any size and produces an [`Analysis`].
@@ -277,9 +304,7 @@ impl Analyzer {
     pub fn with_profile(profile: &MachineProfile) -> Self {
         Self::build(
             profile.motion,
-            Some(Limits {
-                caps: profile.capabilities.clone(),
-            }),
+            Some(Limits::new(profile.capabilities.clone())),
         )
     }
 
@@ -348,14 +373,28 @@ impl Analyzer {
                 }
             }
         }
-        let mut start = 0;
-        for nl in memchr::memchr_iter(b'\n', chunk) {
-            let line = &chunk[start..nl];
-            self.line(&line[..line.len().min(MAX_LINE_BYTES)], line.len());
-            start = nl + 1;
-        }
-        if start < chunk.len() {
-            self.append_carry(&chunk[start..]);
+        while !chunk.is_empty() {
+            // Plain moves are read in one pass that also finds the end of the line; a line
+            // that runs to the end of the chunk may continue in the next one, so it waits.
+            if let Some(m) = plain_move(chunk, MAX_CODE_BYTES)
+                && m.end < chunk.len()
+            {
+                self.line_no += 1;
+                self.plain(&m, chunk);
+                chunk = &chunk[m.end + 1..];
+                continue;
+            }
+            match memchr::memchr(b'\n', chunk) {
+                Some(nl) => {
+                    let line = &chunk[..nl];
+                    self.line(&line[..line.len().min(MAX_LINE_BYTES)], line.len());
+                    chunk = &chunk[nl + 1..];
+                }
+                None => {
+                    self.append_carry(chunk);
+                    return;
+                }
+            }
         }
     }
 
@@ -403,7 +442,8 @@ impl Analyzer {
                 format!("line is {full_len} bytes long; only the first {MAX_LINE_BYTES} were analysed and no firmware accepts it")
             });
         }
-        if self.fast_move(raw) {
+        if let Some(m) = plain_move(raw, MAX_CODE_BYTES) {
+            self.plain(&m, raw);
             return;
         }
         let mut params = Params::EMPTY;
@@ -467,66 +507,27 @@ impl Analyzer {
         self.execute(&cmds[..n_cmds], &params, text_arg);
     }
 
-    /// The hot path for the lines that make up most of a sliced file: `G0`/`G1` followed
-    /// only by X, Y, Z, E and F words and perhaps a trailing `;` comment. Anything else
-    /// returns false before any state changed, and the general path takes the line.
-    #[inline]
-    fn fast_move(&mut self, raw: &[u8]) -> bool {
-        if raw.len() < 4 || raw.len() > MAX_CODE_BYTES || raw[0] | 0x20 != b'g' || raw[2] != b' ' {
-            return false;
-        }
-        let rapid = match raw[1] {
-            b'0' => true,
-            b'1' => false,
-            _ => return false,
-        };
-        let mut p = Params::EMPTY;
-        let mut comment = None;
-        let mut i = 3;
-        let n = raw.len();
-        while i < n {
-            let c = raw[i];
-            if c == b' ' || c == b'\r' {
-                i += 1;
-                continue;
-            }
-            if c == b';' {
-                comment = Some(i + 1);
-                break;
-            }
-            let letter = c & !0x20;
-            if !matches!(letter, b'X' | b'Y' | b'Z' | b'E' | b'F') || !c.is_ascii_alphabetic() {
-                return false;
-            }
-            let Some((num, used)) = parse_number(&raw[i + 1..]) else {
-                return false;
-            };
-            p.set(&Word {
-                letter,
-                value: num.value,
-                major: 0,
-                minor: 0,
-                column: (i + 1) as u32,
-            });
-            i += 1 + used;
-            if i < n && !matches!(raw[i], b' ' | b';' | b'\r') {
-                return false;
-            }
-        }
-        if let Some(start) = comment {
+    /// The hot path for the lines that make up most of a sliced file (see [`plain_move`]);
+    /// `buf` is what the move was read from, for its comment. Does what the general path
+    /// does with the same line.
+    #[inline(always)]
+    fn plain(&mut self, m: &PlainMove, buf: &[u8]) {
+        if let Some((start, end)) = m.comment {
             self.slicer
-                .comment(&raw[start..], self.line_no, &mut self.findings);
+                .comment(&buf[start..end], self.line_no, &mut self.findings);
         }
-        if let Some(f) = p.get(b'F')
-            && f > 0.0
-        {
+        let f = m.axes.values[4];
+        if m.axes.has(AXIS_F) && f > 0.0 {
             self.feed_mm_min = f * self.scale();
         }
-        self.motion = Some(if rapid { Motion::Rapid } else { Motion::Linear });
-        if p.has_any(b"XYZE") {
-            self.linear(rapid, &p);
+        self.motion = Some(if m.rapid {
+            Motion::Rapid
+        } else {
+            Motion::Linear
+        });
+        if m.axes.has(AXES_XYZE) {
+            self.linear(m.rapid, &m.axes);
         }
-        true
     }
 
     fn malformed(&mut self, raw: &[u8], column: u32) {
@@ -621,7 +622,7 @@ impl Analyzer {
             return;
         };
         match motion {
-            Motion::Rapid | Motion::Linear => self.linear(motion == Motion::Rapid, p),
+            Motion::Rapid | Motion::Linear => self.linear(motion == Motion::Rapid, &p.axes()),
             Motion::ArcCw | Motion::ArcCcw => self.arc(motion == Motion::ArcCw, p),
         }
     }
@@ -957,35 +958,40 @@ impl Analyzer {
     }
 
     /// Target of a move in physical coordinates, and the extruder delta.
-    fn target(&mut self, p: &Params) -> ([f64; 3], f64) {
+    #[inline(always)]
+    fn target(&mut self, m: &Axes) -> ([f64; 3], f64) {
         let scale = self.scale();
         let mut to = self.pos;
         for (a, slot) in to.iter_mut().enumerate() {
-            if let Some(v) = p.get(b"XYZ"[a]) {
+            if m.has(1 << a) {
+                let v = m.values[a] * scale;
                 if self.absolute {
-                    *slot = v * scale - self.shift[a];
+                    *slot = v - self.shift[a];
                 } else {
-                    *slot += v * scale;
+                    *slot += v;
                 }
             }
         }
-        let de = match p.get(b'E') {
-            Some(v) if self.e_relative => {
-                self.e_pos += v * scale;
-                v * scale
-            }
-            Some(v) => {
-                let de = v * scale - self.e_pos;
-                self.e_pos = v * scale;
+        let de = if m.has(AXIS_E) {
+            let v = m.values[3] * scale;
+            if self.e_relative {
+                self.e_pos += v;
+                v
+            } else {
+                let de = v - self.e_pos;
+                self.e_pos = v;
                 de
             }
-            None => 0.0,
+        } else {
+            0.0
         };
         (to, de)
     }
 
-    fn speed_limit(&self, rapid: bool, p: &Params, length: f64, dz: f64) -> f64 {
-        let mut v = if rapid && p.get(b'F').is_none() {
+    /// Highest speed of a move, mm/s; `f_given` when the line has its own F.
+    #[inline(always)]
+    fn speed_limit(&self, rapid: bool, f_given: bool, length: f64, dz: f64) -> f64 {
+        let mut v = if rapid && !f_given {
             self.max_feed
         } else {
             self.feed_mm_min.min(self.max_feed)
@@ -996,29 +1002,29 @@ impl Analyzer {
         v * (1.0 / 60.0)
     }
 
-    fn linear(&mut self, rapid: bool, p: &Params) {
+    #[inline(always)]
+    fn linear(&mut self, rapid: bool, m: &Axes) {
         let from = self.pos;
         let known_before = self.known;
-        let (to, de) = self.target(p);
+        let (to, de) = self.target(m);
         for a in 0..3 {
-            if p.get(b"XYZ"[a]).is_some() {
+            if m.has(1 << a) {
                 self.known[a] = true;
             }
         }
         let d = [to[0] - from[0], to[1] - from[1], to[2] - from[2]];
-        let length = (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt();
+        let length2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
+        let length = length2.sqrt();
         if length > EPS {
-            let v = self.speed_limit(rapid, p, length, d[2]);
-            let inv = 1.0 / length;
-            let dir = [d[0] * inv, d[1] * inv, d[2] * inv];
-            self.planner.push(length, v, dir, dir);
+            let v = self.speed_limit(rapid, m.has(AXIS_F), length, d[2]);
+            self.planner.push(length, v, d, d, length2);
         } else if de.abs() > EPS {
             let v = self.feed_mm_min.min(self.max_feed) / 60.0;
-            self.planner.push(de.abs(), v, [0.0; 3], [0.0; 3]);
+            self.planner.push(de.abs(), v, [0.0; 3], [0.0; 3], 1.0);
         }
         let xy_moved = d[0].abs() > EPS || d[1].abs() > EPS;
         let work = (de > EPS && xy_moved) || (self.spindle_on && !rapid && length > EPS);
-        self.finish_move(from, known_before, to, de, work, None, p);
+        self.finish_move(from, known_before, to, de, work, None, m);
     }
 
     fn arc(&mut self, clockwise: bool, p: &Params) {
@@ -1026,7 +1032,8 @@ impl Analyzer {
         let (a, b, n, la, lb) = self.plane.axes();
         let from = self.pos;
         let known_before = self.known;
-        let (to, de) = self.target(p);
+        let axes = p.axes();
+        let (to, de) = self.target(&axes);
         let scale = self.scale();
         let center = if let Some(r) = p.get(b'R') {
             let r = r * scale;
@@ -1104,12 +1111,12 @@ impl Analyzer {
             }
         }
         for k in 0..3 {
-            if p.get(b"XYZ"[k]).is_some() {
+            if axes.has(1 << k) {
                 self.known[k] = true;
             }
         }
         if length > EPS {
-            let v = self.speed_limit(false, p, length, dn);
+            let v = self.speed_limit(false, axes.has(AXIS_F), length, dn);
             let tangent = |angle: f64| {
                 let mut t = [0.0; 3];
                 let s = if clockwise { -1.0 } else { 1.0 };
@@ -1122,14 +1129,24 @@ impl Analyzer {
                 v,
                 tangent(a0),
                 tangent(a0 + if clockwise { -sweep } else { sweep }),
+                1.0,
             );
         }
         let work = de > EPS || self.spindle_on;
-        self.finish_move(from, known_before, to, de, work, Some(&extents[..n_ext]), p);
+        self.finish_move(
+            from,
+            known_before,
+            to,
+            de,
+            work,
+            Some(&extents[..n_ext]),
+            &axes,
+        );
     }
 
     /// Bounds, extrusion, layers and limit checks common to every move.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn finish_move(
         &mut self,
         from: [f64; 3],
@@ -1138,7 +1155,7 @@ impl Analyzer {
         de: f64,
         work: bool,
         extents: Option<&[[f64; 3]]>,
-        p: &Params,
+        p: &Axes,
     ) {
         let known = self.known;
         let tool = self.tool;
@@ -1189,51 +1206,48 @@ impl Analyzer {
             }
         }
         self.pos = to;
-        if self.limits.is_some() {
+        if let Some(l) = &self.limits {
             // Only axes this line moves: a machine already out of range was reported on
             // the line that took it there.
             let mut moved = [false; 3];
             for (axis, m) in moved.iter_mut().enumerate() {
-                *m = known[axis] && (p.get(b"XYZ"[axis]).is_some() || extents.is_some());
+                *m = known[axis] && (p.has(1 << axis) || extents.is_some());
             }
-            self.check_volume(&to, &moved, p);
-            if let Some(ext) = extents {
-                for pt in ext {
-                    self.check_volume(pt, &moved, p);
+            let (lo, hi) = (l.lo, l.hi);
+            let outside =
+                |pt: &[f64; 3]| (0..3).find(|&a| moved[a] && (pt[a] < lo[a] || pt[a] > hi[a]));
+            for pt in std::iter::once(&to).chain(extents.unwrap_or_default()) {
+                if let Some(axis) = outside(pt) {
+                    self.out_of_volume(pt[axis], axis, p);
                 }
             }
         }
     }
 
-    fn check_volume(&mut self, pt: &[f64; 3], known: &[bool; 3], p: &Params) {
+    #[cold]
+    fn out_of_volume(&mut self, v: f64, axis: usize, p: &Axes) {
         let Some(l) = &self.limits else {
             return;
         };
         let vol = l.caps.build_volume;
-        let (lo, hi) = (
-            [vol.min.x, vol.min.y, vol.min.z],
-            [vol.max.x, vol.max.y, vol.max.z],
-        );
-        for axis in 0..3 {
-            let v = pt[axis];
-            if known[axis] && (v < lo[axis] - 1e-6 || v > hi[axis] + 1e-6) {
-                let letter = b"XYZ"[axis];
-                let column = if p.get(letter).is_some() {
-                    p.column(letter)
-                } else {
-                    1
-                };
-                let line_no = self.line_no;
-                let (min, max) = (lo[axis], hi[axis]);
-                self.findings.push(FindingCode::OutOfVolume, line_no, column, || {
-                    format!(
-                        "moves to {} {v:.3} mm, outside this machine's {} range {min:.1} to {max:.1} mm",
-                        letter as char, letter as char
-                    )
-                });
-                return;
-            }
-        }
+        let (min, max) = match axis {
+            0 => (vol.min.x, vol.max.x),
+            1 => (vol.min.y, vol.max.y),
+            _ => (vol.min.z, vol.max.z),
+        };
+        let letter = b"XYZ"[axis];
+        let column = if p.has(1 << axis) {
+            u32::from(p.columns[axis])
+        } else {
+            1
+        };
+        let line_no = self.line_no;
+        self.findings.push(FindingCode::OutOfVolume, line_no, column, || {
+            format!(
+                "moves to {} {v:.3} mm, outside this machine's {} range {min:.1} to {max:.1} mm",
+                letter as char, letter as char
+            )
+        });
     }
 
     /// Ends the stream and returns the analysis.
@@ -1425,7 +1439,7 @@ fn check_machine(
     }
 }
 
-/// A number as a maker wrote it: the fast reader can be one unit in the last place off.
+/// A number as a maker wrote it, without binary noise (`S240.00000000000003`).
 fn shown(v: f64) -> f64 {
     (v * 1e4).round() / 1e4
 }

@@ -205,6 +205,115 @@ impl<'a> Iterator for Lexer<'a> {
     }
 }
 
+/// The words of a move that the analysis reads: X, Y, Z, E and F, as written (file units).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Axes {
+    /// X, Y, Z, E, F; meaningful only where `mask` has the bit.
+    pub values: [f64; 5],
+    /// 1-based columns of the letters (clamped to 65535).
+    pub columns: [u16; 5],
+    /// Bit `i` set when `values[i]` was given: [`AXIS_X`] … [`AXIS_F`].
+    pub mask: u8,
+}
+
+pub(crate) const AXIS_X: u8 = 1;
+pub(crate) const AXIS_Y: u8 = 1 << 1;
+pub(crate) const AXIS_Z: u8 = 1 << 2;
+pub(crate) const AXIS_E: u8 = 1 << 3;
+pub(crate) const AXIS_F: u8 = 1 << 4;
+pub(crate) const AXES_XYZE: u8 = AXIS_X | AXIS_Y | AXIS_Z | AXIS_E;
+
+impl Axes {
+    pub(crate) const EMPTY: Axes = Axes {
+        values: [0.0; 5],
+        columns: [0; 5],
+        mask: 0,
+    };
+
+    #[inline(always)]
+    pub(crate) fn has(&self, bit: u8) -> bool {
+        self.mask & bit != 0
+    }
+}
+
+/// A line that the fast path reads whole: `G0` or `G1`, a space, then only X, Y, Z, E and F
+/// words (any case, each followed by a blank, `;` or the end of the line) and perhaps a
+/// trailing `;` comment. These lines make up most of a sliced file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct PlainMove {
+    /// `G0` rather than `G1`.
+    pub rapid: bool,
+    pub axes: Axes,
+    /// The comment after `;`, as a byte range of the input.
+    pub comment: Option<(usize, usize)>,
+    /// Where the line ends: the index of its `\n`, or the input's length when it has none.
+    pub end: usize,
+}
+
+/// Reads a plain move at the start of `buf`, up to its first `\n` (or the end of `buf`).
+/// None when the line is anything else, or longer than `max_len` bytes; the general lexer
+/// then takes it. Reads no further than the line and at most 8 bytes past a number.
+#[inline(always)]
+pub(crate) fn plain_move(buf: &[u8], max_len: usize) -> Option<PlainMove> {
+    let head: [u8; 3] = buf.get(..3)?.try_into().ok()?;
+    if head[0] | 0x20 != b'g' || head[2] != b' ' {
+        return None;
+    }
+    let rapid = match head[1] {
+        b'0' => true,
+        b'1' => false,
+        _ => return None,
+    };
+    let mut axes = Axes::EMPTY;
+    let mut comment = None;
+    let mut i = 3;
+    let end = loop {
+        let Some(&c) = buf.get(i) else {
+            break buf.len();
+        };
+        match c {
+            b' ' | b'\r' => i += 1,
+            b'\n' => break i,
+            b';' => {
+                let end = memchr::memchr(b'\n', &buf[i + 1..]).map_or(buf.len(), |k| i + 1 + k);
+                comment = Some((i + 1, end));
+                break end;
+            }
+            _ => {
+                // `| 0x20` maps only `X` and `x` to `x`, and so on for the others.
+                let slot = match c | 0x20 {
+                    b'x' => 0,
+                    b'y' => 1,
+                    b'z' => 2,
+                    b'e' => 3,
+                    b'f' => 4,
+                    _ => return None,
+                };
+                let (value, used) = match short_number(buf, i + 1) {
+                    Some(n) => n,
+                    None => parse_number(&buf[i + 1..]).map(|(n, used)| (n.value, used))?,
+                };
+                axes.values[slot] = value;
+                axes.columns[slot] = u16::try_from(i + 1).unwrap_or(u16::MAX);
+                axes.mask |= 1 << slot;
+                i += 1 + used;
+                if !matches!(buf.get(i), None | Some(b' ' | b';' | b'\r' | b'\n')) || i > max_len {
+                    return None;
+                }
+            }
+        }
+    };
+    if end > max_len {
+        return None;
+    }
+    Some(PlainMove {
+        rapid,
+        axes,
+        comment,
+        end,
+    })
+}
+
 fn trim_end(s: &[u8]) -> &[u8] {
     let mut end = s.len();
     while end > 0 && matches!(s[end - 1], b' ' | b'\t' | b'\r') {
@@ -221,12 +330,12 @@ pub(crate) struct Number {
     pub minor: u8,
 }
 
-/// Negative powers of ten. Multiplying by one (rather than dividing by 10^k) can be one
-/// unit in the last place away from the correctly rounded value, about 1e-15 relative: far
-/// below the 3 to 5 decimals G-code carries, and four times faster on the hot path.
-const NEG_POW10: [f64; 19] = [
-    1e0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9, 1e-10, 1e-11, 1e-12, 1e-13, 1e-14,
-    1e-15, 1e-16, 1e-17, 1e-18,
+/// Powers of ten, all exact in an f64. A mantissa of at most 15 digits is exact too, and
+/// IEEE division rounds correctly, so `mantissa / 10^k` is the correctly rounded value of
+/// the decimal: the same f64 as `str::parse::<f64>`, to the bit. (Multiplying by 10^-k,
+/// which is not exact, is slightly faster but can be one unit in the last place off.)
+const POW10: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
 ];
 
 /// Parses `[+-]digits[.digits]` at the start of `s`; returns the number and the bytes used.
@@ -282,9 +391,9 @@ pub(crate) fn parse_number(s: &[u8]) -> Option<(Number, usize)> {
     if digits == 0 {
         return None;
     }
-    let magnitude = if digits <= 15 && (frac_digits as usize) < NEG_POW10.len() {
+    let magnitude = if digits <= 15 {
         // Through i64: x86-64 converts signed integers in one instruction, unsigned not.
-        (mantissa as i64) as f64 * NEG_POW10[frac_digits as usize]
+        (mantissa as i64) as f64 / POW10[frac_digits as usize]
     } else {
         // Too many digits for the exact path: rare, so let the standard library do it.
         let start = usize::from(negative || s.first() == Some(&b'+'));
@@ -306,6 +415,73 @@ pub(crate) fn parse_number(s: &[u8]) -> Option<(Number, usize)> {
         },
         i,
     ))
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `x` that equals `b` (bytes are independent: no carries).
+#[inline(always)]
+fn bytes_equal(x: u64, b: u8) -> u64 {
+    let y = x ^ (ONES * u64::from(b));
+    !(((y & !HIGH_BITS) + !HIGH_BITS) | y) & HIGH_BITS
+}
+
+/// A number of at most 7 characters (`[-]digits[.digits]`: `123.456`, `-.8`, `1800`)
+/// at `start`, read from the 8 bytes there in one go, as (value, bytes used). The same
+/// value as [`parse_number`] gives, to the bit. None when fewer than 8 bytes remain, when
+/// the number is longer, or when it is not of that form; the caller then asks
+/// [`parse_number`].
+///
+/// Branch-free but for the checks: the length of each number in a file is a coin toss for
+/// the branch predictor, and where the number ends depends on the loaded word through a
+/// few bit operations only, so the next word's load starts while this value is computed.
+#[inline(always)]
+pub(crate) fn short_number(buf: &[u8], start: usize) -> Option<(f64, usize)> {
+    let bytes: [u8; 8] = buf.get(start..start + 8)?.try_into().ok()?;
+    let x = u64::from_le_bytes(bytes);
+    let negative = bytes[0] == b'-';
+    // High bit of each byte that is a digit, or a dot.
+    let low7 = x & !HIGH_BITS;
+    let digit =
+        (low7 + ONES * (0x80 - b'0' as u64)) & !(low7 + ONES * (0x80 - b'9' as u64 - 1)) & !x;
+    let dot = bytes_equal(x, b'.');
+    let token = digit | dot | u64::from(negative) << 7;
+    let len = (!token & HIGH_BITS).trailing_zeros() / 8;
+    if len == 8 {
+        return None;
+    }
+    let keep = (1u64 << (8 * len)) - 1;
+    let dot = dot & keep;
+    // At least one digit, at most one dot.
+    if digit & keep == 0 || dot & dot.wrapping_sub(1) != 0 {
+        return None;
+    }
+    // Digit values; the sign and anything past the end become zeros.
+    let d = x & keep & 0x0F0F_0F0F_0F0F_0F0F & !(u64::from(negative) * 0xFF);
+    // Close the gap the dot leaves (or, without a dot, one past the end): what comes
+    // before it moves up one byte, a zero leads.
+    let p = if dot != 0 {
+        dot.trailing_zeros() / 8
+    } else {
+        len
+    };
+    let before = (1u64 << (8 * p)) - 1;
+    let d = ((d & before) << 8) | (d & !((before << 8) | 0xFF));
+    let has_dot = u32::from(dot != 0);
+    let positions = len + 1 - has_dot;
+    let frac_digits = len - p - has_dot;
+    // `positions` bytes hold the digits, most significant first.
+    let v = d << (8 * (8 - positions));
+    let v = v.wrapping_mul(10).wrapping_add(v >> 8);
+    let v = ((v & 0x0000_00FF_0000_00FF)
+        .wrapping_mul(0x000F_4240_0000_0064)
+        .wrapping_add(((v >> 16) & 0x0000_00FF_0000_00FF).wrapping_mul(0x0000_2710_0000_0001)))
+        >> 32;
+    // Through i64: x86-64 converts signed integers in one instruction, unsigned not.
+    let magnitude = (v as i64) as f64 / POW10[frac_digits as usize];
+    let value = f64::from_bits(magnitude.to_bits() | u64::from(negative) << 63);
+    Some((value, len as usize))
 }
 
 /// Eight ASCII digits at once (SWAR): the leading run of digits in the 8 bytes at `i`, as
@@ -359,7 +535,7 @@ fn parse_number_swar(s: &[u8], start: usize, negative: bool) -> Option<(Number, 
         return None;
     }
     // Through i64: x86-64 converts signed integers in one instruction, unsigned not.
-    let magnitude = (mantissa as i64) as f64 * NEG_POW10[frac_digits as usize];
+    let magnitude = (mantissa as i64) as f64 / POW10[frac_digits as usize];
     Some((
         Number {
             value: if negative { -magnitude } else { magnitude },
@@ -374,6 +550,8 @@ const POW10_INT: [u64; 8] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_0
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn tokens(line: &str) -> Vec<Token<'_>> {
@@ -403,12 +581,8 @@ mod tests {
         ] {
             let (n, used) = parse_number(s.as_bytes()).unwrap();
             assert_eq!(used, s.len(), "{s}");
-            let expected: f64 = s.trim_end_matches('.').parse().unwrap_or(3.0);
-            assert!(
-                (n.value - expected).abs() <= expected.abs() * 1e-15,
-                "{s}: {}",
-                n.value
-            );
+            let expected: f64 = s.parse().unwrap();
+            assert_eq!(n.value.to_bits(), expected.to_bits(), "{s}: {}", n.value);
         }
         assert_eq!(parse_number(b"-"), None);
         assert_eq!(parse_number(b"x"), None);
@@ -465,10 +639,7 @@ mod tests {
                 let swar = parse_number_swar(b, start, !sign.is_empty());
                 if let (Some(fast), Some(slow)) = (swar, scalar.or_else(|| parse_number(b))) {
                     assert_eq!(fast.1, slow.1, "{text}");
-                    assert!(
-                        (fast.0.value - slow.0.value).abs() <= slow.0.value.abs() * 1e-15,
-                        "{text}"
-                    );
+                    assert_eq!(fast.0.value.to_bits(), slow.0.value.to_bits(), "{text}");
                     assert_eq!(
                         (fast.0.major, fast.0.minor),
                         (slow.0.major, slow.0.minor),
@@ -476,18 +647,70 @@ mod tests {
                     );
                 }
                 if let Some((n, used)) = parse_number(b) {
-                    let expected: f64 = std::str::from_utf8(&b[..used])
-                        .unwrap()
-                        .trim_end_matches('.')
-                        .parse()
-                        .unwrap_or(0.0);
-                    assert!(
-                        (n.value - expected).abs() <= expected.abs() * 1e-15,
-                        "{text}: {} vs {expected}",
-                        n.value
-                    );
+                    let expected: f64 = std::str::from_utf8(&b[..used]).unwrap().parse().unwrap();
+                    assert_eq!(n.value.to_bits(), expected.to_bits(), "{text}");
                 }
             }
+        }
+    }
+
+    /// A G-code number: optional sign, up to 17 digits, optional dot and up to 17 more
+    /// (at least one digit in all), followed by what may follow a number on a line.
+    fn number_text() -> impl Strategy<Value = String> {
+        (
+            prop_oneof![Just(""), Just("-"), Just("+")],
+            "[0-9]{0,17}",
+            proptest::option::of("[0-9]{0,17}"),
+            prop_oneof![
+                Just(""),
+                Just(" "),
+                Just(" Y1.5 E.2"),
+                Just(";c"),
+                Just("\r\n"),
+                Just("X")
+            ],
+        )
+            .prop_filter("a number has a digit", |(_, int, frac, _)| {
+                !int.is_empty() || frac.as_ref().is_some_and(|f| !f.is_empty())
+            })
+            .prop_map(|(sign, int, frac, tail)| match frac {
+                Some(frac) => format!("{sign}{int}.{frac}{tail}"),
+                None => format!("{sign}{int}{tail}"),
+            })
+    }
+
+    proptest! {
+        /// Exactly equal, not within one unit in the last place: the same f64 bits.
+        #[test]
+        fn numbers_read_to_the_same_bits_as_the_standard_library(text in number_text()) {
+            let b = text.as_bytes();
+            let (n, used) = parse_number(b).expect("a number");
+            let written = std::str::from_utf8(&b[..used]).unwrap();
+            let expected: f64 = written.parse().unwrap();
+            prop_assert_eq!(n.value.to_bits(), expected.to_bits(), "{} read as {}", written, n.value);
+            // The one-load reader, where it applies, agrees to the bit and the byte.
+            if let Some((value, len)) = short_number(b, 0) {
+                prop_assert_eq!(len, used);
+                prop_assert_eq!(value.to_bits(), expected.to_bits());
+            }
+        }
+
+        #[test]
+        fn the_one_load_reader_takes_every_short_number(
+            sign in prop_oneof![Just(""), Just("-")],
+            int in "[0-9]{0,6}",
+            frac in proptest::option::of("[0-9]{0,6}"),
+        ) {
+            let text = match &frac {
+                Some(f) => format!("{sign}{int}.{f}"),
+                None => format!("{sign}{int}"),
+            };
+            prop_assume!(text.len() <= 7 && text.bytes().any(|b| b.is_ascii_digit()));
+            // Followed by the next word, so that 8 bytes are there to load.
+            let line = format!("{text} Y12.5 E0.1");
+            let (value, len) = short_number(line.as_bytes(), 0).expect("short numbers take the fast read");
+            prop_assert_eq!(len, text.len());
+            prop_assert_eq!(value.to_bits(), text.parse::<f64>().unwrap().to_bits());
         }
     }
 

@@ -37,22 +37,49 @@ impl Default for MotionLimits {
 /// Time to travel `length` mm starting at `v0`, ending at `v1`, cruising at most at `vmax`
 /// (mm/s) with acceleration `a` (mm/s²). The caller guarantees `v1` reachable from `v0`.
 pub fn trapezoid_seconds(length: f64, v0: f64, v1: f64, vmax: f64, a: f64) -> f64 {
-    trapezoid(length, v0, v1, vmax, a, 1.0 / a)
-}
-
-#[inline(always)]
-fn trapezoid(length: f64, v0: f64, v1: f64, vmax: f64, a: f64, inv_a: f64) -> f64 {
-    if length <= 0.0 || vmax <= 0.0 {
+    if length <= 0.0 || vmax <= 0.0 || a <= 0.0 {
         return 0.0;
     }
-    let accel_dist = (vmax * vmax - v0 * v0) * 0.5 * inv_a;
-    let decel_dist = (vmax * vmax - v1 * v1) * 0.5 * inv_a;
+    trapezoid(
+        length,
+        v0,
+        v0 * v0,
+        v1,
+        v1 * v1,
+        vmax,
+        1.0 / vmax,
+        a,
+        1.0 / a,
+    )
+}
+
+/// [`trapezoid_seconds`] for a positive length, speed and acceleration, with the squares of
+/// the end speeds and the reciprocals at hand. Both shapes are computed and one is
+/// selected: which one applies is a coin toss on slicer output, and a mispredicted branch
+/// costs more than the square root.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn trapezoid(
+    length: f64,
+    v0: f64,
+    v00: f64,
+    v1: f64,
+    v11: f64,
+    vmax: f64,
+    inv_vmax: f64,
+    a: f64,
+    inv_a: f64,
+) -> f64 {
+    let accel_dist = (vmax * vmax - v00) * 0.5 * inv_a;
+    let decel_dist = (vmax * vmax - v11) * 0.5 * inv_a;
+    let cruise = (2.0 * vmax - v0 - v1) * inv_a + (length - accel_dist - decel_dist) * inv_vmax;
+    // Never reaches vmax: a triangle peaking where both ramps meet.
+    let peak = ((2.0 * a * length + v00 + v11) * 0.5).sqrt();
+    let triangle = ((peak - v0).max(0.0) + (peak - v1).max(0.0)) * inv_a;
     if accel_dist + decel_dist <= length {
-        (2.0 * vmax - v0 - v1) * inv_a + (length - accel_dist - decel_dist) / vmax
+        cruise
     } else {
-        // Never reaches vmax: a triangle peaking where both ramps meet.
-        let peak = ((2.0 * a * length + v0 * v0 + v1 * v1) * 0.5).sqrt();
-        ((peak - v0).max(0.0) + (peak - v1).max(0.0)) * inv_a
+        triangle
     }
 }
 
@@ -61,8 +88,46 @@ fn trapezoid(length: f64, v0: f64, v1: f64, vmax: f64, a: f64, inv_a: f64) -> f6
 struct Pending {
     length: f64,
     vmax: f64,
+    inv_vmax: f64,
     entry: f64,
+    /// `entry²`, and the square of the fastest exit: `entry² + 2·a·length`.
+    entry2: f64,
+    reachable2: f64,
     dir_end: [f64; 3],
+    /// Squared length of `dir_end`.
+    norm2: f64,
+}
+
+/// A move whose entry and exit speeds are both known, waiting to be timed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Planned {
+    length: f64,
+    entry: f64,
+    entry2: f64,
+    exit: f64,
+    exit2: f64,
+    vmax: f64,
+    inv_vmax: f64,
+    /// The acceleration in force when the exit speed was decided, and its reciprocal.
+    accel: f64,
+    inv_accel: f64,
+}
+
+impl Planned {
+    #[inline(always)]
+    fn seconds(&self) -> f64 {
+        trapezoid(
+            self.length,
+            self.entry,
+            self.entry2,
+            self.exit,
+            self.exit2,
+            self.vmax,
+            self.inv_vmax,
+            self.accel,
+            self.inv_accel,
+        )
+    }
 }
 
 /// The streaming duration planner.
@@ -70,7 +135,16 @@ struct Pending {
 pub(crate) struct Planner {
     accel: f64,
     inv_accel: f64,
-    pending: Option<Pending>,
+    /// The move waiting for its successor, valid when `has_pending`.
+    pending: Pending,
+    has_pending: bool,
+    /// The move before it, timed only when the next move arrives: its inputs are ready
+    /// by then, so timing it does not wait for the new move's arithmetic. The sum is
+    /// taken in the same order as timing each move at once would.
+    planned: Option<Planned>,
+    /// The last speed limit seen and its reciprocal: most moves share their feed.
+    last_vmax: f64,
+    last_inv_vmax: f64,
     seconds: f64,
 }
 
@@ -79,7 +153,20 @@ impl Planner {
         Self {
             accel: accel.max(1e-3),
             inv_accel: 1.0 / accel.max(1e-3),
-            pending: None,
+            pending: Pending {
+                length: 0.0,
+                vmax: 0.0,
+                inv_vmax: 0.0,
+                entry: 0.0,
+                entry2: 0.0,
+                reachable2: 0.0,
+                dir_end: [0.0; 3],
+                norm2: 1.0,
+            },
+            has_pending: false,
+            planned: None,
+            last_vmax: 1.0,
+            last_inv_vmax: 1.0,
             seconds: 0.0,
         }
     }
@@ -92,56 +179,90 @@ impl Planner {
     }
 
     /// Adds a move of `length` mm at up to `vmax` mm/s whose direction is `dir_start` at
-    /// its start and `dir_end` at its end (unit vectors; zero for extruder-only moves).
-    #[inline]
-    pub(crate) fn push(&mut self, length: f64, vmax: f64, dir_start: [f64; 3], dir_end: [f64; 3]) {
+    /// its start and `dir_end` at its end: vectors of squared length `norm2`, not
+    /// necessarily unit (a straight move passes its displacement and `length²`, sparing a
+    /// division); zero vectors with `norm2` 1 for extruder-only moves.
+    #[inline(always)]
+    pub(crate) fn push(
+        &mut self,
+        length: f64,
+        vmax: f64,
+        dir_start: [f64; 3],
+        dir_end: [f64; 3],
+        norm2: f64,
+    ) {
         if length <= 0.0 || vmax <= 0.0 {
             return;
         }
+        if vmax != self.last_vmax {
+            self.last_vmax = vmax;
+            self.last_inv_vmax = 1.0 / vmax;
+        }
+        let inv_vmax = self.last_inv_vmax;
+        if let Some(planned) = self.planned.take() {
+            self.seconds += planned.seconds();
+        }
         let a = self.accel;
-        let entry = match self.pending.take() {
-            Some(prev) => {
-                let cos = prev.dir_end[0] * dir_start[0]
-                    + prev.dir_end[1] * dir_start[1]
-                    + prev.dir_end[2] * dir_start[2];
-                // Compare squares first: the square roots are rarely the binding limit.
-                let mut junction = prev.vmax.min(vmax) * cos.max(0.0);
-                let reachable = prev.entry * prev.entry + 2.0 * a * prev.length;
-                if junction * junction > reachable {
-                    junction = reachable.sqrt();
-                }
-                let stoppable = 2.0 * a * length;
-                if junction * junction > stoppable {
-                    junction = stoppable.sqrt();
-                }
-                self.seconds += trapezoid(
-                    prev.length,
-                    prev.entry,
-                    junction,
-                    prev.vmax,
-                    a,
-                    self.inv_accel,
-                );
-                junction
-            }
-            None => 0.0,
+        let stoppable2 = 2.0 * a * length;
+        let (entry, entry2) = if self.has_pending {
+            let prev = self.pending;
+            let dot = prev.dir_end[0] * dir_start[0]
+                + prev.dir_end[1] * dir_start[1]
+                + prev.dir_end[2] * dir_start[2];
+            // The junction speed: the angle's (the cosine times the slower of the two
+            // moves' speeds), capped by what the previous move can reach from its entry and
+            // by what this move can still stop from. Worked out in squares: the entry
+            // speeds chain from move to move, and a square root in that chain would make
+            // every move wait for the previous one's.
+            let vmin = prev.vmax.min(vmax);
+            let cos = dot.max(0.0);
+            let angle2 = vmin * vmin * (cos * cos / (prev.norm2 * norm2));
+            let junction2 = angle2.min(stoppable2).min(prev.reachable2);
+            let junction = junction2.sqrt();
+            self.planned = Some(Planned {
+                length: prev.length,
+                entry: prev.entry,
+                entry2: prev.entry2,
+                exit: junction,
+                exit2: junction2,
+                vmax: prev.vmax,
+                inv_vmax: prev.inv_vmax,
+                accel: a,
+                inv_accel: self.inv_accel,
+            });
+            (junction, junction2)
+        } else {
+            (0.0, 0.0)
         };
-        self.pending = Some(Pending {
+        self.pending = Pending {
             length,
             vmax,
+            inv_vmax,
             entry,
+            entry2,
+            reachable2: entry2 + stoppable2,
             dir_end,
-        });
+            norm2,
+        };
+        self.has_pending = true;
     }
 
     /// Brings the machine to rest (a dwell, a heat-up wait, the end of the file).
     pub(crate) fn stop(&mut self) {
-        if let Some(prev) = self.pending.take() {
+        if let Some(planned) = self.planned.take() {
+            self.seconds += planned.seconds();
+        }
+        if self.has_pending {
+            let prev = self.pending;
+            self.has_pending = false;
             self.seconds += trapezoid(
                 prev.length,
                 prev.entry,
+                prev.entry2,
+                0.0,
                 0.0,
                 prev.vmax,
+                prev.inv_vmax,
                 self.accel,
                 self.inv_accel,
             );
@@ -185,19 +306,34 @@ mod tests {
     fn a_straight_line_split_in_two_takes_as_long_as_whole() {
         let x = [1.0, 0.0, 0.0];
         let mut whole = Planner::new(1000.0);
-        whole.push(20.0, 10.0, x, x);
+        whole.push(20.0, 10.0, x, x, 1.0);
         let mut split = Planner::new(1000.0);
-        split.push(10.0, 10.0, x, x);
-        split.push(10.0, 10.0, x, x);
+        split.push(10.0, 10.0, x, x, 1.0);
+        split.push(10.0, 10.0, x, x, 1.0);
         let (a, b) = (whole.finish(), split.finish());
         assert!((a - b).abs() < 1e-12, "{a} vs {b}");
     }
 
     #[test]
+    fn a_move_timed_late_keeps_the_acceleration_of_its_junction() {
+        // The first move is timed with 100 mm/s², in force when its exit was decided,
+        // although the planner times it only at the stop; the last one with the 1000 mm/s²
+        // in force at the stop.
+        let mut p = Planner::new(1000.0);
+        p.push(10.0, 10.0, [1.0, 0.0, 0.0], [1.0, 0.0, 0.0], 1.0);
+        p.set_acceleration(100.0);
+        p.push(10.0, 10.0, [0.0, 1.0, 0.0], [0.0, 1.0, 0.0], 1.0);
+        p.set_acceleration(1000.0);
+        // 0.1 s up, 0.1 s down, 9 mm at 10 mm/s: 1.1 s; then 1.01 s as in the test above.
+        let t = p.finish();
+        assert!((t - 2.11).abs() < 1e-12, "{t}");
+    }
+
+    #[test]
     fn a_right_angle_stops_the_machine() {
         let mut p = Planner::new(1000.0);
-        p.push(10.0, 10.0, [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]);
-        p.push(10.0, 10.0, [0.0, 1.0, 0.0], [0.0, 1.0, 0.0]);
+        p.push(10.0, 10.0, [1.0, 0.0, 0.0], [1.0, 0.0, 0.0], 1.0);
+        p.push(10.0, 10.0, [0.0, 1.0, 0.0], [0.0, 1.0, 0.0], 1.0);
         assert!((p.finish() - 2.02).abs() < 1e-12);
     }
 }
