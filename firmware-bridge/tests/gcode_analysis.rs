@@ -557,6 +557,16 @@ fn requirements_and_summary_carry_the_figures_to_the_wire() {
     assert_eq!((s.lines, s.bytes, s.layers), (a.lines, a.bytes, 2));
     assert_close(s.extrusion_mm, 20.5);
     assert_close(s.material_grams.unwrap(), a.material_grams(1.0));
+    // A header whose density is 0 (the slicer's "unset") weighs the filament by its type.
+    let unset = analyze(
+        "; filament_type = PETG\n; filament_density = 0\nG21\nG90\nM83\nG1 X10 Y10 E100 F600\n",
+    );
+    assert_close(
+        unset.summary(None).material_grams.unwrap(),
+        unset.material_grams(1.27),
+    );
+    let unknown = analyze("; filament_type = UNOBTAINIUM\nM83\nG1 X10 E100 F600\n");
+    assert_eq!(unknown.summary(None).material_grams, None);
     let wire = with("M500\n", "printer").wire_findings();
     assert_eq!(wire[0].code, "forbidden_command");
     assert_eq!((wire[0].line, wire[0].column), (1, 1));

@@ -159,10 +159,22 @@ impl Analysis {
     }
 
     /// The figures the coordinator sends with an assignment. The mass uses `density_g_cm3`
-    /// when given, else the slicer's filament density, else none.
+    /// when given, else the slicer's filament density when it is positive (slicers write
+    /// `filament_density = 0` when the profile leaves it unset), else the typical density
+    /// of the header's filament type, else none.
     pub fn summary(&self, density_g_cm3: Option<f64>) -> AnalysisSummary {
-        let density =
-            density_g_cm3.or_else(|| self.slicer.as_ref().and_then(|s| s.filament_density_g_cm3));
+        let slicer = self.slicer.as_ref();
+        let density = density_g_cm3
+            .or_else(|| {
+                slicer
+                    .and_then(|s| s.filament_density_g_cm3)
+                    .filter(|d| *d > 0.0)
+            })
+            .or_else(|| {
+                slicer
+                    .and_then(|s| s.filament_type.as_deref())
+                    .and_then(typical_density_g_cm3)
+            });
         AnalysisSummary {
             lines: self.lines,
             bytes: self.bytes,
@@ -174,6 +186,25 @@ impl Analysis {
             layers: self.layers,
         }
     }
+}
+
+/// Typical density of common filaments, g/cm³ (manufacturers' data sheets agree within a
+/// few percent), for files whose header names the material but not its density.
+pub fn typical_density_g_cm3(filament_type: &str) -> Option<f64> {
+    let t = filament_type.trim().to_ascii_uppercase();
+    let d = match t.as_str() {
+        "PLA" => 1.24,
+        "PETG" | "PET" => 1.27,
+        "ABS" => 1.04,
+        "ASA" => 1.07,
+        "TPU" | "FLEX" => 1.21,
+        "PC" => 1.20,
+        "PA" | "NYLON" => 1.14,
+        "PVA" => 1.23,
+        "HIPS" => 1.04,
+        _ => return None,
+    };
+    Some(d)
 }
 
 /// Running min/max per axis.

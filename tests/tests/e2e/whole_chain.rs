@@ -37,7 +37,8 @@ const DESIGN_JOBS: [(&str, Firmware, &str); 6] = [
 ];
 
 /// A small print a maker slices themselves and uploads, with the slicer's filament settings
-/// (so its analysis has a mass: the shipped designs were sliced with `filament_density = 0`).
+/// (its own density; the shipped designs, sliced with `filament_density = 0`, are weighed by
+/// their filament type).
 const UPLOAD: &str = "; uploaded by a maker\n; filament_type = PLA\n; filament_diameter = 1.75\n\
                       ; filament_density = 1.24\nM140 S55\nM104 S205\nM190 S55\nM109 S205\nG28\n\
                       G90\nM82\nG92 E0\nG1 Z0.2 F600\nG1 X30 Y30 F3000\nG1 X60 Y30 E2.5 F1200\n\
@@ -404,6 +405,11 @@ async fn check_ledger(api: &Client, jobs: &[Value], verify: &str) {
         };
         // Material: the analysis' grams (in mg) for a completed part.
         let grams = job["analysis"]["material_grams"].as_f64().unwrap_or(0.0);
+        if job["requirements"]["process"] == "fdm" {
+            // Every print weighs something, the shipped designs included (sliced with
+            // `filament_density = 0`: the analysis weighs PLA by its typical density).
+            assert!(grams > 0.0, "a print without a mass: {job}");
+        }
         let material_mg = (grams * 1000.0).round() as u64;
         assert_eq!(field("material_mg"), material_mg, "{job}\n{entry}");
         // Machine time: first `running` of the final run to the end, in whole seconds.
