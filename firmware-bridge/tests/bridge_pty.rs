@@ -344,10 +344,6 @@ fn grbl_session() -> GrblSession {
     GrblSession::new(GrblConfig::default(), now())
 }
 
-fn status_is(e: &BridgeEvent, wanted: fn(&MachineState) -> bool) -> bool {
-    matches!(e, BridgeEvent::Session(Event::Telemetry(Telemetry::Status(s))) if wanted(&s.state))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grbl_error_mid_file_stops_the_stream_and_reports_the_file_line() {
     let (machine, mut bridge) = plug("grbl-error", grbl_vm(0.0), grbl_session());
@@ -408,12 +404,28 @@ async fn grbl_pause_holds_the_machine_and_resume_finishes_every_line() {
         .start_job(JobOptions::default(), job_source(&path).await)
         .await
         .unwrap();
-    until(&mut bridge, |e| status_is(e, |s| *s == MachineState::Run)).await;
+    // Pause at once: GRBL enters a feed hold from idle as well as mid-move, so where the job
+    // has got to by the time the `!` arrives does not matter (no race with the machine).
     bridge.handle.command(Command::Pause).await.unwrap();
-    until(&mut bridge, |e| {
-        status_is(e, |s| *s == MachineState::Hold { complete: true })
-    })
-    .await;
+    let held_at = |e: &BridgeEvent| match e {
+        BridgeEvent::Session(Event::Telemetry(Telemetry::Status(s)))
+            if s.state == (MachineState::Hold { complete: true }) =>
+        {
+            Some(s.clone())
+        }
+        _ => None,
+    };
+    let first = until(&mut bridge, |e| held_at(e).is_some()).await;
+    let later = until(&mut bridge, |e| held_at(e).is_some()).await;
+    assert!(
+        !later.iter().any(finished),
+        "a held job does not finish: {later:?}"
+    );
+    assert_eq!(
+        held_at(first.last().unwrap()).unwrap().mpos,
+        held_at(later.last().unwrap()).unwrap().mpos,
+        "the machine stays put while held"
+    );
     bridge.handle.command(Command::Resume).await.unwrap();
     let seen = until(&mut bridge, finished).await;
     assert_eq!(
@@ -440,7 +452,8 @@ async fn grbl_cancel_holds_resets_and_runs_the_end_script() {
         .start_job(JobOptions::default(), job_source(&path).await)
         .await
         .unwrap();
-    until(&mut bridge, |e| status_is(e, |s| *s == MachineState::Run)).await;
+    // Cancel at once: the hold, the reset and the end script follow from the machine's
+    // answers, whatever the job had reached.
     bridge.handle.command(Command::Cancel).await.unwrap();
     let seen = until(&mut bridge, finished).await;
     assert_eq!(
@@ -471,9 +484,13 @@ async fn a_marlin_emergency_stop_goes_out_ahead_of_the_queue_and_kills_the_machi
     let session = MarlinSession::new(MarlinConfig::default(), now());
     let (machine, mut bridge) = plug("marlin-estop", config, session);
     until(&mut bridge, connected).await;
+    // A ten-minute dwell first: Marlin's command queue and RX ring fill up behind it and the
+    // host holds the rest of the file, so the stop must overtake all three. (Starting with
+    // moves would race the machine: it plans moves as fast as they arrive.)
     let path = write_job(
         "estop.gcode",
-        (0..500).map(|i| format!("G1 X{} F600", i % 100)),
+        std::iter::once("G4 S600".to_owned())
+            .chain((0..500).map(|i| format!("G1 X{} F600", i % 100))),
     );
     bridge
         .handle
@@ -496,7 +513,15 @@ async fn a_marlin_emergency_stop_goes_out_ahead_of_the_queue_and_kills_the_machi
     bridge.handle.shutdown().await;
     let record = machine.unplug().await.unwrap();
     std::fs::remove_file(&path).unwrap();
-    assert!(moves(&record).len() < 10, "the machine stopped at once");
+    assert!(
+        record.iter().any(|e| e.command == "G4 S600"),
+        "the dwell ran: {record:?}"
+    );
+    assert_eq!(
+        moves(&record),
+        Vec::<&str>::new(),
+        "nothing queued behind the dwell ran"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
