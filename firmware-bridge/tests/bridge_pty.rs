@@ -194,6 +194,10 @@ async fn a_100000_line_file_through_1_percent_corruption_both_ways_runs_every_li
         check.altered + check.unrecorded + check.duplicates + check.out_of_order <= lines / 100,
         "more damage than checksum collisions explain: {check:?}"
     );
+    assert!(
+        check.unexplained.len() <= 3,
+        "commands that are no file line: {check:?}"
+    );
 }
 
 /// Whether `ran` is `want` seen through the virtual machine's noise: every differing byte has
@@ -239,7 +243,32 @@ fn consistent_with_bit_flips(ran: &str, want: &str) -> bool {
 /// too: when it is the damaged byte (e.g. a space that lost or gained bit 0x40 and became a
 /// backtick), the firmware no longer strips it and the recorded command starts with it.
 fn collision_of(ran: &str, want: &str) -> bool {
-    consistent_with_bit_flips(ran, want) || consistent_with_bit_flips(ran, &format!(" {want}"))
+    consistent_with_bit_flips(ran, want)
+        || consistent_with_bit_flips(ran, &format!(" {want}"))
+        || merged_with_the_next(ran, want)
+}
+
+/// A flipped line end (`\n` arriving as another byte) merges a line with the next one, and
+/// now and then the merged text still passes the XOR check: the firmware runs `want` (with
+/// its flips) followed by the damaged remains of its end and the next line's `N…` text.
+fn merged_with_the_next(ran: &str, want: &str) -> bool {
+    // Bytes of the original line a prefix of the record stands for (U+FFFD is one byte).
+    let original_len = |text: &str| -> usize {
+        text.chars()
+            .map(|c| {
+                if c == char::REPLACEMENT_CHARACTER {
+                    1
+                } else {
+                    c.len_utf8()
+                }
+            })
+            .sum()
+    };
+    ran.char_indices().any(|(at, _)| {
+        original_len(&ran[..at]) == want.len()
+            && consistent_with_bit_flips(&ran[..at], want)
+            && ran[at..].contains('N')
+    })
 }
 
 #[derive(Debug, Default)]
@@ -250,6 +279,9 @@ struct Comparison {
     unrecorded: usize,
     duplicates: usize,
     out_of_order: usize,
+    /// Recorded commands that are neither a file line nor one of the damages above, by line
+    /// number: none expected, a few tolerated (more than two flips can meet a checksum too).
+    unexplained: Vec<(u64, String)>,
 }
 
 /// Walk the machine's record by line number against the file. A recorded command that is
@@ -310,18 +342,19 @@ fn compare_numbered(record: &[Executed], lines: usize) -> Comparison {
         }
         // Moves differ from their neighbours in many characters, so at most one of the next
         // few file lines can be within two bit errors of what ran.
-        let skipped = (0..3)
-            .find(|k| i + k < lines && collision_of(c, &marlin_move(i + k)))
-            .unwrap_or_else(|| {
-                let around: Vec<_> = numbered
-                    .iter()
-                    .filter(|(m, _)| m + 6 >= n && *m <= n + 2)
-                    .collect();
-                panic!(
-                    "line N{n} ran as {c:?}; the file has {:?}; record around it: {around:#?}",
-                    marlin_move(i)
-                )
-            });
+        let Some(skipped) = (0..3).find(|k| i + k < lines && collision_of(c, &marlin_move(i + k)))
+        else {
+            let around: Vec<_> = numbered
+                .iter()
+                .filter(|(m, _)| m + 6 >= n && *m <= n + 2)
+                .collect();
+            eprintln!(
+                "line N{n} ran as {c:?}; the file has {:?}; record around it: {around:#?}",
+                marlin_move(i)
+            );
+            out.unexplained.push((n, (*c).to_owned()));
+            continue;
+        };
         if *c != marlin_move(i + skipped) {
             out.altered += 1;
         } else {
@@ -336,6 +369,42 @@ fn compare_numbered(record: &[Executed], lines: usize) -> Comparison {
     }
     out.file_lines_matched = i;
     out
+}
+
+/// The noise test's checker on the damages seen in real runs: a probe that ran altered, a
+/// line number turned into the previous one, a line merged with the next by a flipped line
+/// end. Each is accounted for; the file is still matched to the end, in order.
+#[test]
+fn the_noise_checker_accounts_for_each_kind_of_checksum_collision() {
+    let run = |n: u64, command: String| Executed {
+        line: Some(n),
+        command,
+    };
+    let mut record: Vec<Executed> = (0..5).map(|i| run(10 + i as u64, marlin_move(i))).collect();
+    // A probe `M105` arriving as `I505`.
+    record.push(run(15, "I505".into()));
+    // Line 5 lost; line 6 accepted under 5's number with a space flipped to `!`, then again.
+    let damaged = marlin_move(6).replacen(' ', "!", 2).replacen('!', " ", 1);
+    record.push(run(16, damaged));
+    record.push(run(17, marlin_move(6)));
+    // Line 7 merged with line 8 by a flipped line end, then line 8 again.
+    let merged = format!("{}.1\u{e}N19 {}", marlin_move(7), marlin_move(8));
+    record.push(run(18, merged));
+    record.push(run(19, marlin_move(8)));
+    record.push(run(20, marlin_move(9)));
+    let check = compare_numbered(&record, 10);
+    assert_eq!(check.file_lines_matched, 10, "{check:?}");
+    assert!(check.unexplained.is_empty(), "{check:?}");
+    assert_eq!(
+        (
+            check.altered,
+            check.unrecorded,
+            check.duplicates,
+            check.exact
+        ),
+        (2, 1, 1, 7),
+        "{check:?}"
+    );
 }
 
 fn grbl_vm(speed: f64) -> VmConfig {
