@@ -231,11 +231,8 @@ fn advanced_ok_learns_the_command_buffer_and_acknowledges_by_line_number() {
     );
 }
 
-/// `ok N<k> P<p> B<b>` is the firmware's own view of its buffers: `BUFSIZE - b - 1` lines
-/// behind `k` have left the RX ring for the command queue. They no longer count against the
-/// RX budget, so the window is the queue plus a full RX ring, not the queue alone.
-#[test]
-fn advanced_ok_counts_queued_lines_out_of_the_rx_budget() {
+/// Connected to a firmware with `ADVANCED_OK` and `BUFSIZE` 4 (`B3` while a command runs).
+fn connected_with_advanced_ok_and_4_slots() -> Harness<MarlinSession> {
     let mut h = Harness::new(|now| MarlinSession::new(quiet_config(), now));
     h.run(
         "< start
@@ -245,6 +242,15 @@ fn advanced_ok_counts_queued_lines_out_of_the_rx_budget() {
          < ok N1 P15 B3",
     );
     h.take_events();
+    h
+}
+
+/// `ok N<k> P<p> B<b>` is the firmware's own view of its buffers: `BUFSIZE - b - 1` lines
+/// behind `k` have left the RX ring for the command queue. They no longer count against the
+/// RX budget, so the window is the queue plus a full RX ring, not the queue alone.
+#[test]
+fn advanced_ok_counts_queued_lines_out_of_the_rx_budget() {
+    let mut h = connected_with_advanced_ok_and_4_slots();
     let lines: Vec<String> = (1..=10).map(|i| format!("G1 X{}0.000 Y5", i)).collect();
     let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
     h.start_job(&refs);
@@ -299,15 +305,7 @@ fn advanced_ok_counts_queued_lines_out_of_the_rx_budget() {
 /// said about lines from `n` on no longer holds, and they count against the ring again.
 #[test]
 fn a_resend_takes_the_rejected_lines_out_of_the_advanced_ok_queue_view() {
-    let mut h = Harness::new(|now| MarlinSession::new(quiet_config(), now));
-    h.run(
-        "< start
-         > N0 M110 N0*125
-         < ok N0 P15 B3
-         > N1 M115*39
-         < ok N1 P15 B3",
-    );
-    h.take_events();
+    let mut h = connected_with_advanced_ok_and_4_slots();
     let lines: Vec<String> = (1..=6).map(|i| format!("G1 X{}0.000 Y5", i)).collect();
     let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
     h.start_job(&refs);
