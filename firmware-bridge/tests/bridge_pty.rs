@@ -194,6 +194,10 @@ async fn a_100000_line_file_through_1_percent_corruption_both_ways_runs_every_li
         check.altered + check.unrecorded + check.duplicates + check.out_of_order <= lines / 100,
         "more damage than checksum collisions explain: {check:?}"
     );
+    assert!(
+        check.unexplained.len() <= 3,
+        "commands that are no file line: {check:?}"
+    );
 }
 
 /// Whether `ran` is `want` seen through the virtual machine's noise: every differing byte has
@@ -239,7 +243,32 @@ fn consistent_with_bit_flips(ran: &str, want: &str) -> bool {
 /// too: when it is the damaged byte (e.g. a space that lost or gained bit 0x40 and became a
 /// backtick), the firmware no longer strips it and the recorded command starts with it.
 fn collision_of(ran: &str, want: &str) -> bool {
-    consistent_with_bit_flips(ran, want) || consistent_with_bit_flips(ran, &format!(" {want}"))
+    consistent_with_bit_flips(ran, want)
+        || consistent_with_bit_flips(ran, &format!(" {want}"))
+        || merged_with_the_next(ran, want)
+}
+
+/// A flipped line end (`\n` arriving as another byte) merges a line with the next one, and
+/// now and then the merged text still passes the XOR check: the firmware runs `want` (with
+/// its flips) followed by the damaged remains of its end and the next line's `N…` text.
+fn merged_with_the_next(ran: &str, want: &str) -> bool {
+    // Bytes of the original line a prefix of the record stands for (U+FFFD is one byte).
+    let original_len = |text: &str| -> usize {
+        text.chars()
+            .map(|c| {
+                if c == char::REPLACEMENT_CHARACTER {
+                    1
+                } else {
+                    c.len_utf8()
+                }
+            })
+            .sum()
+    };
+    ran.char_indices().any(|(at, _)| {
+        original_len(&ran[..at]) == want.len()
+            && consistent_with_bit_flips(&ran[..at], want)
+            && ran[at..].contains('N')
+    })
 }
 
 #[derive(Debug, Default)]
@@ -250,6 +279,9 @@ struct Comparison {
     unrecorded: usize,
     duplicates: usize,
     out_of_order: usize,
+    /// Recorded commands that are neither a file line nor one of the damages above, by line
+    /// number: none expected, a few tolerated (more than two flips can meet a checksum too).
+    unexplained: Vec<(u64, String)>,
 }
 
 /// Walk the machine's record by line number against the file. A recorded command that is
@@ -282,6 +314,7 @@ fn compare_numbered(record: &[Executed], lines: usize) -> Comparison {
         .expect("the first job line ran");
     let last = numbered.last().map(|(n, _)| *n).unwrap_or(first);
     let mut i = 0;
+    let mut repeat_allowed = None;
     for n in first..=last {
         let Some(c) = by_number.get(&n) else {
             // Accepted, then unknown after a collision: not recorded. Whether it was a job
@@ -291,7 +324,9 @@ fn compare_numbered(record: &[Executed], lines: usize) -> Comparison {
         if i == lines {
             break;
         }
-        if c.starts_with("M105") || c.starts_with("M155") {
+        // The host's own probes and polls are not file lines, and neither is a probe that
+        // ran damaged by flips its checksum could not see (`M105` arriving as `I505`).
+        if c.starts_with("M105") || c.starts_with("M155") || collision_of(c, "M105") {
             continue;
         }
         if *c == marlin_move(i) {
@@ -299,22 +334,34 @@ fn compare_numbered(record: &[Executed], lines: usize) -> Comparison {
             i += 1;
             continue;
         }
+        // A collision can also hit the line number: `N<k+1>` arriving as `N<k>` with a
+        // compensating flip elsewhere in the line is accepted, damaged, in place of line k,
+        // which then never runs, and line k+1 runs again, intact, under its own number. So a
+        // repeat is only explained right after that line ran damaged; a host that sent a
+        // line under the wrong number would show intact repeats and fail below.
+        if i > 0 && repeat_allowed == Some(i - 1) && *c == marlin_move(i - 1) {
+            repeat_allowed = None;
+            out.duplicates += 1;
+            continue;
+        }
         // Moves differ from their neighbours in many characters, so at most one of the next
         // few file lines can be within two bit errors of what ran.
-        let skipped = (0..3)
-            .find(|k| i + k < lines && collision_of(c, &marlin_move(i + k)))
-            .unwrap_or_else(|| {
-                let around: Vec<_> = numbered
-                    .iter()
-                    .filter(|(m, _)| m + 6 >= n && *m <= n + 2)
-                    .collect();
-                panic!(
-                    "line N{n} ran as {c:?}; the file has {:?}; record around it: {around:#?}",
-                    marlin_move(i)
-                )
-            });
+        let Some(skipped) = (0..3).find(|k| i + k < lines && collision_of(c, &marlin_move(i + k)))
+        else {
+            let around: Vec<_> = numbered
+                .iter()
+                .filter(|(m, _)| m + 6 >= n && *m <= n + 2)
+                .collect();
+            eprintln!(
+                "line N{n} ran as {c:?}; the file has {:?}; record around it: {around:#?}",
+                marlin_move(i)
+            );
+            out.unexplained.push((n, (*c).to_owned()));
+            continue;
+        };
         if *c != marlin_move(i + skipped) {
             out.altered += 1;
+            repeat_allowed = Some(i + skipped);
         } else {
             out.exact += 1;
         }
@@ -327,6 +374,58 @@ fn compare_numbered(record: &[Executed], lines: usize) -> Comparison {
     }
     out.file_lines_matched = i;
     out
+}
+
+/// The noise test's checker on the damages seen in real runs: a probe that ran altered, a
+/// line number turned into the previous one, a line merged with the next by a flipped line
+/// end. Each is accounted for; the file is still matched to the end, in order.
+#[test]
+fn the_noise_checker_accounts_for_each_kind_of_checksum_collision() {
+    let run = |n: u64, command: String| Executed {
+        line: Some(n),
+        command,
+    };
+    let mut record: Vec<Executed> = (0..5).map(|i| run(10 + i as u64, marlin_move(i))).collect();
+    // A probe `M105` arriving as `I505`.
+    record.push(run(15, "I505".into()));
+    // Line 5 lost; line 6 accepted under 5's number with a space flipped to `!`, then again.
+    let damaged = marlin_move(6).replacen(' ', "!", 2).replacen('!', " ", 1);
+    record.push(run(16, damaged));
+    record.push(run(17, marlin_move(6)));
+    // Line 7 merged with line 8 by a flipped line end, then line 8 again.
+    let merged = format!("{}.1\u{e}N19 {}", marlin_move(7), marlin_move(8));
+    record.push(run(18, merged));
+    record.push(run(19, marlin_move(8)));
+    record.push(run(20, marlin_move(9)));
+    let check = compare_numbered(&record, 10);
+    assert_eq!(check.file_lines_matched, 10, "{check:?}");
+    assert!(check.unexplained.is_empty(), "{check:?}");
+    assert_eq!(
+        (
+            check.altered,
+            check.unrecorded,
+            check.duplicates,
+            check.exact
+        ),
+        (2, 1, 1, 7),
+        "{check:?}"
+    );
+}
+
+/// What the checker must not explain away: a line sent under the next line's number (a
+/// host bug) runs intact twice, with no damaged copy before it.
+#[test]
+fn the_noise_checker_reports_a_line_run_twice_intact() {
+    let run = |n: u64, command: String| Executed {
+        line: Some(n),
+        command,
+    };
+    let mut record: Vec<Executed> = (0..5).map(|i| run(10 + i as u64, marlin_move(i))).collect();
+    record.push(run(15, marlin_move(6)));
+    record.push(run(16, marlin_move(6)));
+    record.extend((7..10).map(|i| run(10 + i as u64, marlin_move(i))));
+    let check = compare_numbered(&record, 10);
+    assert_eq!(check.unexplained.len(), 1, "{check:?}");
 }
 
 fn grbl_vm(speed: f64) -> VmConfig {
@@ -342,10 +441,6 @@ fn grbl_vm(speed: f64) -> VmConfig {
 
 fn grbl_session() -> GrblSession {
     GrblSession::new(GrblConfig::default(), now())
-}
-
-fn status_is(e: &BridgeEvent, wanted: fn(&MachineState) -> bool) -> bool {
-    matches!(e, BridgeEvent::Session(Event::Telemetry(Telemetry::Status(s))) if wanted(&s.state))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -408,12 +503,28 @@ async fn grbl_pause_holds_the_machine_and_resume_finishes_every_line() {
         .start_job(JobOptions::default(), job_source(&path).await)
         .await
         .unwrap();
-    until(&mut bridge, |e| status_is(e, |s| *s == MachineState::Run)).await;
+    // Pause at once: GRBL enters a feed hold from idle as well as mid-move, so where the job
+    // has got to by the time the `!` arrives does not matter (no race with the machine).
     bridge.handle.command(Command::Pause).await.unwrap();
-    until(&mut bridge, |e| {
-        status_is(e, |s| *s == MachineState::Hold { complete: true })
-    })
-    .await;
+    let held_at = |e: &BridgeEvent| match e {
+        BridgeEvent::Session(Event::Telemetry(Telemetry::Status(s)))
+            if s.state == (MachineState::Hold { complete: true }) =>
+        {
+            Some(s.clone())
+        }
+        _ => None,
+    };
+    let first = until(&mut bridge, |e| held_at(e).is_some()).await;
+    let later = until(&mut bridge, |e| held_at(e).is_some()).await;
+    assert!(
+        !later.iter().any(finished),
+        "a held job does not finish: {later:?}"
+    );
+    assert_eq!(
+        held_at(first.last().unwrap()).unwrap().mpos,
+        held_at(later.last().unwrap()).unwrap().mpos,
+        "the machine stays put while held"
+    );
     bridge.handle.command(Command::Resume).await.unwrap();
     let seen = until(&mut bridge, finished).await;
     assert_eq!(
@@ -440,7 +551,8 @@ async fn grbl_cancel_holds_resets_and_runs_the_end_script() {
         .start_job(JobOptions::default(), job_source(&path).await)
         .await
         .unwrap();
-    until(&mut bridge, |e| status_is(e, |s| *s == MachineState::Run)).await;
+    // Cancel at once: the hold, the reset and the end script follow from the machine's
+    // answers, whatever the job had reached.
     bridge.handle.command(Command::Cancel).await.unwrap();
     let seen = until(&mut bridge, finished).await;
     assert_eq!(
@@ -471,9 +583,13 @@ async fn a_marlin_emergency_stop_goes_out_ahead_of_the_queue_and_kills_the_machi
     let session = MarlinSession::new(MarlinConfig::default(), now());
     let (machine, mut bridge) = plug("marlin-estop", config, session);
     until(&mut bridge, connected).await;
+    // A ten-minute dwell first: Marlin's command queue and RX ring fill up behind it and the
+    // host holds the rest of the file, so the stop must overtake all three. (Starting with
+    // moves would race the machine: it plans moves as fast as they arrive.)
     let path = write_job(
         "estop.gcode",
-        (0..500).map(|i| format!("G1 X{} F600", i % 100)),
+        std::iter::once("G4 S600".to_owned())
+            .chain((0..500).map(|i| format!("G1 X{} F600", i % 100))),
     );
     bridge
         .handle
@@ -496,7 +612,15 @@ async fn a_marlin_emergency_stop_goes_out_ahead_of_the_queue_and_kills_the_machi
     bridge.handle.shutdown().await;
     let record = machine.unplug().await.unwrap();
     std::fs::remove_file(&path).unwrap();
-    assert!(moves(&record).len() < 10, "the machine stopped at once");
+    assert!(
+        record.iter().any(|e| e.command == "G4 S600"),
+        "the dwell ran: {record:?}"
+    );
+    assert_eq!(
+        moves(&record),
+        Vec::<&str>::new(),
+        "nothing queued behind the dwell ran"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@
 //! to be woken (`poll_timeout`). The same driver loop serves both firmware families through the
 //! [`Session`] trait.
 
+pub mod detect;
 pub mod grbl;
 pub mod line;
 pub mod marlin;

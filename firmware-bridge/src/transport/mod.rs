@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 pub use self::serial::{
     DtrPolicy, PortSettings, SerialPortInfo, list_by_id, open_serial, resolve_port,
 };
+use crate::session::detect::{DetectConfig, DetectError, Detector, Family};
 use crate::session::{Command, CommandError, Event, JobOptions, Session, Stats};
 
 /// Job lines come from any buffered reader (a file, a pipe, memory), a line at a time.
@@ -252,6 +253,52 @@ async fn drive<S, IO>(
                 }
             },
             () = sleep => session.handle_timeout(now()),
+        }
+    }
+}
+
+/// Why the firmware on a stream could not be identified.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentifyError {
+    /// Nothing recognisable answered.
+    #[error(transparent)]
+    Unrecognised(#[from] DetectError),
+    /// The stream failed or ended.
+    #[error("the link failed while identifying the firmware: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Tell Marlin from GRBL on `stream` (see [`crate::session::detect`]), leaving the stream
+/// ready for the session of that family: every probe has been answered by then.
+pub async fn identify_family<IO>(
+    stream: &mut IO,
+    config: DetectConfig,
+) -> Result<Family, IdentifyError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut detector = Detector::new(config, now());
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        if let Some(outcome) = detector.outcome() {
+            return Ok(outcome?);
+        }
+        if let Some(bytes) = detector.poll_transmit() {
+            tracing::trace!(bytes = %String::from_utf8_lossy(&bytes).escape_debug(), "probe");
+            write_all(stream, &bytes).await?;
+        }
+        let deadline = detector.poll_timeout();
+        tokio::select! {
+            read = stream.read(&mut buf) => match read? {
+                0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "end of stream (device gone)").into()),
+                n => detector.handle_input(now(), &buf[..n]),
+            },
+            () = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                    None => std::future::pending().await,
+                }
+            } => detector.handle_timeout(now()),
         }
     }
 }

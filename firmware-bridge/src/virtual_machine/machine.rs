@@ -219,9 +219,16 @@ impl VirtualMachine {
         }
     }
 
+    /// Moves bytes along both wires and lets the firmware act on what arrived.
+    ///
+    /// Design note: the firmware handles each received line at the instant its last byte
+    /// arrived, not at `now`, and its answer leaves at that instant too. A runner's timer fires
+    /// up to a tick (1 ms for tokio) after a byte is due; acting at `now` would add that tick
+    /// to every round trip, which a real UART does not, and at 250000 baud a tick is a fifth
+    /// of what a 128-byte receive buffer holds.
     fn pump(&mut self, now: Instant) {
         self.scratch.clear();
-        self.to_machine.receive(now, &mut self.scratch);
+        let (first_arrival, byte_time) = self.to_machine.receive_timed(now, &mut self.scratch);
         for byte in &mut self.scratch {
             if std::mem::take(&mut self.corrupt_next)
                 || self.rng.chance(self.faults.corrupt_to_machine)
@@ -232,15 +239,20 @@ impl VirtualMachine {
         }
         let arrived = std::mem::take(&mut self.scratch);
         let mut rest = &arrived[..];
+        let mut done = 0usize;
         while !rest.is_empty() && !self.unplugged {
             // One line at a time, so faults tied to executed commands land between lines.
             let end = rest
                 .iter()
                 .position(|b| matches!(b, b'\n' | b'\r'))
                 .map_or(rest.len(), |i| i + 1);
-            self.core.handle_input(now, &rest[..end]);
+            done += end;
+            let last_byte = u32::try_from(done - 1).unwrap_or(u32::MAX);
+            let at = (first_arrival + byte_time * last_byte).min(now);
+            self.core.handle_input(at, &rest[..end]);
             rest = &rest[end..];
-            self.check_executed(now);
+            self.check_executed(at);
+            self.send_output(at);
         }
         self.scratch = arrived;
         if self.unplugged {
@@ -250,6 +262,17 @@ impl VirtualMachine {
             self.core.handle_timeout(now);
         }
         self.check_executed(now);
+        self.send_output(now);
+        let before = self.ready.len();
+        self.to_host.receive(now, &mut self.ready);
+        self.stats.bytes_to_host += (self.ready.len() - before) as u64;
+    }
+
+    /// Puts what the firmware printed on the wire to the host, starting at `at`.
+    fn send_output(&mut self, at: Instant) {
+        if self.unplugged {
+            return;
+        }
         while let Some(mut line) = self
             .pending_lines
             .pop_front()
@@ -267,11 +290,8 @@ impl VirtualMachine {
                     self.stats.corrupted_to_host += 1;
                 }
             }
-            self.to_host.send(now, &line);
+            self.to_host.send(at, &line);
         }
-        let before = self.ready.len();
-        self.to_host.receive(now, &mut self.ready);
-        self.stats.bytes_to_host += (self.ready.len() - before) as u64;
     }
 
     fn check_executed(&mut self, now: Instant) {

@@ -55,6 +55,18 @@ impl Wire {
         out.extend(self.queue.drain(..arrived));
     }
 
+    /// Like [`Wire::receive`], and also says when the first byte moved into `out` arrived and
+    /// how long each byte takes, so the receiver can act on each byte at its own arrival time
+    /// rather than at `now` (a timer that fires late must not delay the firmware's answer).
+    pub(crate) fn receive_timed(&mut self, now: Instant, out: &mut Vec<u8>) -> (Instant, Duration) {
+        let timing = match (self.byte_time, self.free_at) {
+            (Some(byte_time), Some(free_at)) => (free_at + byte_time, byte_time),
+            _ => (now, Duration::ZERO),
+        };
+        self.receive(now, out);
+        timing
+    }
+
     /// When the next byte finishes arriving, if one is in transit.
     pub(crate) fn next_arrival(&self) -> Option<Instant> {
         if self.queue.is_empty() {
@@ -106,6 +118,22 @@ mod tests {
             &mut out,
         );
         assert_eq!(out, b"ab");
+    }
+
+    #[test]
+    fn received_bytes_come_with_their_own_arrival_times() {
+        let t0 = Instant::now();
+        let mut wire = Wire::new(10_000); // 1 ms per byte
+        wire.send(t0, b"abc");
+        let mut out = Vec::new();
+        let (first, per_byte) = wire.receive_timed(t0 + Duration::from_millis(7), &mut out);
+        assert_eq!(out, b"abc");
+        assert_eq!(first, t0 + Duration::from_millis(1));
+        assert_eq!(
+            first + per_byte * 2,
+            t0 + Duration::from_millis(3),
+            "the last byte"
+        );
     }
 
     #[test]

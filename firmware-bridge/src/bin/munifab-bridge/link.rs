@@ -9,6 +9,7 @@ use munifab_firmware_bridge::session::grbl::{GrblConfig, GrblFlow, GrblSession};
 use munifab_firmware_bridge::session::marlin::{MarlinConfig, MarlinFlow, MarlinSession};
 use munifab_firmware_bridge::session::{Event, FirmwareInfo};
 use munifab_firmware_bridge::transport::{self, Bridge, BridgeEvent, DtrPolicy, PortSettings};
+use tokio_serial::SerialStream;
 
 /// Firmware family on the other end of the port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -59,6 +60,12 @@ pub struct LinkArgs {
 
 /// Open the port and start the session task.
 pub fn open(args: &LinkArgs, report_lines: bool) -> anyhow::Result<Bridge> {
+    let port = open_port(args)?;
+    Ok(spawn_session(args, port, report_lines, None))
+}
+
+/// Open the port raw, naming the port and firmware in the error.
+pub fn open_port(args: &LinkArgs) -> anyhow::Result<SerialStream> {
     if args.baud == 0 {
         bail!("--baud must be greater than 0");
     }
@@ -71,24 +78,38 @@ pub fn open(args: &LinkArgs, report_lines: bool) -> anyhow::Result<Bridge> {
         },
         rts: None,
     };
-    let port = transport::open_serial(&settings)
-        .with_context(|| format!("opening the {:?} machine", args.firmware))?;
+    transport::open_serial(&settings)
+        .with_context(|| format!("opening the {:?} machine", args.firmware))
+}
+
+/// Start the session task of `args.firmware` on an open port. `wait_for_start` overrides
+/// how long a Marlin session waits for `start` (zero when the board is known to be up).
+pub fn spawn_session(
+    args: &LinkArgs,
+    port: SerialStream,
+    report_lines: bool,
+    wait_for_start: Option<Duration>,
+) -> Bridge {
     let now = tokio::time::Instant::now().into_std();
-    let bridge = match args.firmware {
-        FirmwareKind::Marlin => transport::spawn(
-            MarlinSession::new(
-                MarlinConfig {
-                    flow: match args.flow {
-                        Flow::Window => MarlinFlow::Windowed,
-                        Flow::PingPong => MarlinFlow::PingPong,
+    match args.firmware {
+        FirmwareKind::Marlin => {
+            let defaults = MarlinConfig::default();
+            transport::spawn(
+                MarlinSession::new(
+                    MarlinConfig {
+                        flow: match args.flow {
+                            Flow::Window => MarlinFlow::Windowed,
+                            Flow::PingPong => MarlinFlow::PingPong,
+                        },
+                        report_lines,
+                        wait_for_start: wait_for_start.unwrap_or(defaults.wait_for_start),
+                        ..defaults
                     },
-                    report_lines,
-                    ..MarlinConfig::default()
-                },
-                now,
-            ),
-            port,
-        ),
+                    now,
+                ),
+                port,
+            )
+        }
         FirmwareKind::Grbl => transport::spawn(
             GrblSession::new(
                 GrblConfig {
@@ -103,8 +124,7 @@ pub fn open(args: &LinkArgs, report_lines: bool) -> anyhow::Result<Bridge> {
             ),
             port,
         ),
-    };
-    Ok(bridge)
+    }
 }
 
 /// Wait for the handshake; anything else that fails the link is an error naming the port.

@@ -1,9 +1,12 @@
 //! `munifab-bridge probe`: list serial ports by their stable names, or identify a firmware.
 
 use std::path::Path;
+use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Args;
-use munifab_firmware_bridge::transport::list_by_id;
+use munifab_firmware_bridge::session::detect::{DetectConfig, Family};
+use munifab_firmware_bridge::transport::{identify_family, list_by_id};
 
 use crate::link::{self, LinkArgs};
 
@@ -12,9 +15,10 @@ pub struct ProbeArgs {
     /// Identify the firmware on this port (opening it resets Arduino-style boards).
     #[arg(long)]
     port: Option<std::path::PathBuf>,
-    /// Firmware family to try on --port.
-    #[arg(long, value_enum, default_value_t = link::FirmwareKind::Marlin)]
-    firmware: link::FirmwareKind,
+    /// Firmware family on --port; without it the family is found out (a greeting, or an
+    /// `M115` and `$I` probe that both families answer harmlessly).
+    #[arg(long, value_enum)]
+    firmware: Option<link::FirmwareKind>,
     /// Baud rate for --port.
     #[arg(long, default_value_t = 115_200)]
     baud: u32,
@@ -33,16 +37,37 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     };
-    let link = LinkArgs {
+    let mut link = LinkArgs {
         port,
         baud: args.baud,
-        firmware: args.firmware,
+        firmware: args.firmware.unwrap_or(link::FirmwareKind::Marlin),
         flow: link::Flow::Window,
         dtr: link::Dtr::Raise,
     };
-    let mut bridge = link::open(&link, false)?;
+    let mut bridge = match args.firmware {
+        Some(_) => link::open(&link, false)?,
+        None => {
+            let mut port = link::open_port(&link)?;
+            let family = identify_family(&mut port, DetectConfig::default())
+                .await
+                .with_context(|| format!("{}: identifying the firmware", link.port.display()))?;
+            link.firmware = match family {
+                Family::Marlin => link::FirmwareKind::Marlin,
+                Family::Grbl => link::FirmwareKind::Grbl,
+            };
+            // The board has spoken already: no need to wait for a `start`.
+            link::spawn_session(&link, port, false, Some(Duration::ZERO))
+        }
+    };
     let info = link::connected(&mut bridge, &link).await?;
     println!("port:       {}", link.port.display());
+    println!(
+        "family:     {}",
+        match link.firmware {
+            link::FirmwareKind::Marlin => "marlin",
+            link::FirmwareKind::Grbl => "grbl",
+        }
+    );
     println!("firmware:   {}", info.name);
     println!("advanced ok: {}", info.advanced_ok);
     println!("rx buffer:  {} bytes", info.rx_buffer);

@@ -1,5 +1,14 @@
 //! The GRBL 1.1 host session (grblHAL and FluidNC speak the same protocol).
 //!
+//! # Handshake
+//!
+//! The session soft-resets GRBL (`0x18`), waits for the banner and identifies it with `$I`. A
+//! banner printed at power-on, before the port was opened, can still be on its way: the
+//! session then sends `$I` on that old banner, and the reset's own banner arrives while the
+//! `$I` is unanswered. GRBL flushes its RX ring when it resets and answers what arrives after,
+//! so that `$I` is answered; the session waits for it rather than send another, which would
+//! leave one `ok` too many and shift every later answer onto the wrong line.
+//!
 //! # Character counting
 //!
 //! GRBL answers every line with exactly one `ok` or `error:N`, in order, and keeps unparsed
@@ -179,6 +188,12 @@ pub struct GrblSession {
     job_lines: u64,
     clock: Instant,
     stats: Stats,
+    /// A banner arrived while our `$I` was unanswered. GRBL flushes its RX ring on a reset and
+    /// answers whatever arrives after the flush, so that `$I` may be answered in full, in part
+    /// (a cut line: an `ok` or `error:` without build info) or not at all.
+    identify_cut: bool,
+    /// `[VER:…]` arrived since the last banner.
+    version_since_banner: bool,
 }
 
 impl GrblSession {
@@ -213,6 +228,8 @@ impl GrblSession {
             job_lines: 0,
             clock: now,
             stats: Stats::default(),
+            identify_cut: false,
+            version_since_banner: false,
         }
     }
 
@@ -242,11 +259,28 @@ impl GrblSession {
         self.used = 0;
     }
 
-    /// After a reset the firmware lost everything buffered; what was ours is gone too.
+    /// After a reset the firmware lost everything buffered; what was ours is gone too —
+    /// except an `$I` that went out after our reset byte (see `identify_cut`).
     fn on_banner(&mut self, now: Instant, banner: &str) {
-        self.forget_in_flight();
         self.splitter.clear();
+        self.version_since_banner = false;
         self.info.name = banner.to_owned();
+        let identifying = matches!(self.phase, Phase::Identifying { .. });
+        if identifying && self.in_flight.iter().any(|f| f.kind == Kind::Identify) {
+            // We only send `$I` after seeing a banner, and that banner may have been an old
+            // one (printed at power-on, before our reset): then this banner is the reset's
+            // and the `$I` reached GRBL after it, so GRBL answers it. Sending another would
+            // leave an `ok` too many. Keep waiting for its answer instead.
+            self.identify_cut = true;
+            if let Phase::Identifying { attempts, .. } = self.phase {
+                self.phase = Phase::Identifying {
+                    attempts,
+                    retry_at: now + self.config.wait_for_banner,
+                };
+            }
+            return;
+        }
+        self.forget_in_flight();
         match self.phase {
             Phase::AwaitingBanner { identify: true, .. } | Phase::Identifying { .. } => {
                 self.control.clear();
@@ -379,6 +413,7 @@ impl GrblSession {
         } else if let Some(msg) = text.strip_prefix("[MSG:").and_then(|t| t.strip_suffix(']')) {
             self.events.push_back(Event::Message(msg.to_owned()));
         } else if text.starts_with("[VER:") {
+            self.version_since_banner = true;
             self.info.capabilities.push((text.to_owned(), true));
         } else if self.phase == Phase::Ready {
             self.events.push_back(Event::Message(text.to_owned()));
@@ -407,7 +442,15 @@ impl GrblSession {
         };
         self.used -= done.len;
         match done.kind {
+            Kind::Identify
+                if std::mem::take(&mut self.identify_cut) && !self.version_since_banner =>
+            {
+                // The answer to what the reset left of our `$I` (an empty line gets `ok`):
+                // no build info came with it, so ask again.
+                self.control.push_back(("$I".into(), Kind::Identify));
+            }
             Kind::Identify => {
+                self.identify_cut = false;
                 self.phase = Phase::Ready;
                 self.next_status = self.status_interval().map(|i| now + i);
                 self.events.push_back(Event::Connected(self.info.clone()));
@@ -646,6 +689,11 @@ impl Session for GrblSession {
                 if attempts >= self.config.probe_attempts {
                     self.fail(SessionError::NoHandshake { attempts });
                 } else {
+                    if std::mem::take(&mut self.identify_cut) {
+                        // GRBL answers `$I` at once after its banner: silence this long
+                        // means the reset flushed it whole.
+                        self.forget_in_flight();
+                    }
                     // GRBL answers every line, so a second `$I` while the first is unanswered
                     // would leave one `ok` too many and shift every later answer onto the
                     // wrong line. Ask for a status report instead: it needs no answer slot.

@@ -71,6 +71,89 @@ fn a_late_answer_to_the_first_identification_does_not_shift_later_answers() {
     }));
 }
 
+/// The flake of `bridge_pty`: a controller that printed its banner at power-on, before the
+/// host opened the port, and then answers the host's soft reset with a second one. The host
+/// takes the stale banner for the reset's and sends `$I` at once; that `$I` went out after the
+/// reset byte, so GRBL answers it after the second banner. A second `$I` would leave one
+/// `ok` too many, which the first job line then takes for its own.
+#[test]
+fn a_stale_power_on_banner_before_the_reset_banner_does_not_double_the_identification() {
+    let mut h = Harness::new(|now| GrblSession::new(quiet(), now));
+    h.run(
+        "> \\u{18}
+         <
+         < Grbl 1.1h ['$' for help]
+         > $I
+         <
+         < Grbl 1.1h ['$' for help]
+         .
+         < [VER:1.1h.20190830:]
+         < [OPT:V,15,128]
+         < ok
+         .",
+    );
+    assert!(h.session.is_ready());
+    assert_eq!(h.session.unacknowledged_bytes(), 0);
+    h.take_events();
+    h.start_job(&["; comment", "G21", "G1 X1 Q7", "G0 X2"]);
+    h.run("> G21\n> G1 X1 Q7\n> G0 X2\n< ok\n< error:20");
+    assert_eq!(
+        h.take_events()[0],
+        Event::LineRejected {
+            source_line: 3,
+            code: 20,
+            meaning: "unsupported or invalid G-code command"
+        }
+    );
+}
+
+/// On real hardware the reset may catch the start of an `$I` still in the RX ring: GRBL
+/// flushes what it has and answers only the rest of the line (an empty line gets `ok`). That
+/// answer carries no build info, so the host asks again.
+#[test]
+fn an_identification_cut_by_the_reset_is_asked_again() {
+    let mut h = Harness::new(|now| GrblSession::new(quiet(), now));
+    h.run(
+        "> \\u{18}
+         < Grbl 1.1h ['$' for help]
+         > $I
+         < Grbl 1.1h ['$' for help]
+         .
+         < ok
+         > $I
+         < [VER:1.1h.20190830:]
+         < [OPT:V,15,128]
+         < ok
+         .",
+    );
+    assert!(h.session.is_ready());
+    assert_eq!(h.session.unacknowledged_bytes(), 0);
+}
+
+/// And it may flush the whole `$I`: nothing answers it, so after the banner wait the host
+/// forgets it and asks again.
+#[test]
+fn an_identification_flushed_by_the_reset_is_asked_again_after_the_wait() {
+    let mut h = Harness::new(|now| GrblSession::new(quiet(), now));
+    h.run(
+        "> \\u{18}
+         < Grbl 1.1h ['$' for help]
+         > $I
+         < Grbl 1.1h ['$' for help]
+         .",
+    );
+    h.jump_to_deadline();
+    h.run(
+        "> $I
+         < [VER:1.1h.20190830:]
+         < [OPT:V,15,128]
+         < ok
+         .",
+    );
+    assert!(h.session.is_ready());
+    assert_eq!(h.session.unacknowledged_bytes(), 0);
+}
+
 #[test]
 fn character_counting_fills_the_rx_buffer_but_never_more() {
     let mut h = connected(quiet());
@@ -425,6 +508,98 @@ mod properties {
             prop_assert!(h.events.contains(&Event::JobFinished(JobOutcome::Completed)));
             let expected: Vec<String> = lines.iter().map(|l| format!("{l}\n")).collect();
             prop_assert_eq!(sent, expected, "lines go out once each, in order");
+        }
+    }
+}
+
+/// The GRBL session against the virtual GRBL core, both sans-IO, on a virtual clock: the
+/// pty test's situation made deterministic.
+mod with_vm {
+    use std::collections::VecDeque;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::virtual_machine::{
+        self as vm, FaultConfig, FirmwareConfig, VirtualMachine, VmConfig,
+    };
+
+    /// Streams `lines` as soon as the session is ready, advancing the clock to the next
+    /// deadline of either side, until the job ends; returns the session's events.
+    fn stream(lines: &[String], baud: u32) -> Vec<Event> {
+        let mut now = Instant::now();
+        let config = VmConfig {
+            firmware: FirmwareConfig::Grbl(vm::GrblConfig {
+                speed: 0.0,
+                ..vm::GrblConfig::default()
+            }),
+            baud,
+            faults: FaultConfig::default(),
+        };
+        // The controller powers on (and prints its banner) before the host opens the port.
+        let mut machine = VirtualMachine::new(config, now).expect("valid vm config");
+        let mut host = GrblSession::new(quiet(), now);
+        let mut job: Option<VecDeque<&String>> = None;
+        let mut events = Vec::new();
+        for _ in 0..1_000_000 {
+            if let Some(j) = job.as_mut() {
+                while host.wants_job_line() {
+                    match j.pop_front() {
+                        Some(l) => host.push_job_line(l).unwrap(),
+                        None => {
+                            host.end_job_input();
+                            break;
+                        }
+                    }
+                }
+            }
+            while let Some(bytes) = host.poll_transmit(now) {
+                machine.handle_host_bytes(now, &bytes);
+            }
+            while let Some(bytes) = machine.poll_transmit() {
+                host.handle_input(now, &bytes);
+            }
+            while let Some(e) = host.poll_event() {
+                if matches!(e, Event::Connected(_)) && job.is_none() {
+                    host.handle_command(now, Command::StartJob(JobOptions::default()))
+                        .unwrap();
+                    job = Some(lines.iter().collect());
+                }
+                let end = matches!(e, Event::JobFinished(_) | Event::Failed(_));
+                events.push(e);
+                if end {
+                    return events;
+                }
+            }
+            let next = [host.poll_timeout(), machine.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            now = match next {
+                Some(at) if at > now => at,
+                _ => now + Duration::from_micros(10),
+            };
+            machine.handle_timeout(now);
+            host.handle_timeout(now);
+        }
+        panic!("no end of job; events so far: {events:?}");
+    }
+
+    #[test]
+    fn a_grbl_error_after_a_power_on_banner_and_a_reset_banner_reports_the_right_line() {
+        let mut lines = vec!["; header".to_owned(), "G21".to_owned(), "G90".to_owned()];
+        lines.extend((0..20).map(|i| format!("G1 X{} Y2 F300", i % 10)));
+        lines.push("G1 X5 Y5 Q7".to_owned()); // file line 24
+        lines.extend((0..50).map(|i| format!("G1 X{} Y3", i % 10)));
+        for baud in [115_200, 250_000, 0] {
+            let events = stream(&lines, baud);
+            let rejected: Vec<u64> = events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::LineRejected { source_line, .. } => Some(*source_line),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(rejected, [24], "at {baud} baud: {events:?}");
         }
     }
 }

@@ -21,10 +21,21 @@
 //!
 //! # Why the window is safe
 //!
-//! Every byte we have sent and not seen acknowledged is counted against the firmware's RX
-//! buffer (128 bytes unless configured), and the number of such lines against its command
-//! buffer (`BUFSIZE`, learned from `ok … B<n>` with `ADVANCED_OK`). Counting acknowledged-late
-//! bytes as still buffered can only make us wait, never overflow.
+//! Marlin reads its RX ring into the command queue only while the queue has a free slot (and
+//! no handler is running), so every unacknowledged line is either in the queue, in the RX
+//! ring or on the wire, and only the RX ring can overflow. A plain `ok` does not say where
+//! the lines behind it are, so the session counts every unacknowledged byte against the RX
+//! ring (127 bytes unless configured) and, conservatively, at most `command_buffer` lines.
+//!
+//! With `ADVANCED_OK`, `ok N<k> P<p> B<b>` is the firmware's exact view: `b` command slots are
+//! free while line `k` still holds one, so the `BUFSIZE - b - 1` lines after `k` have already
+//! left the RX ring for the queue (`BUFSIZE` is the largest `b + 1` seen). Those lines are no
+//! longer counted against the RX budget, which is then the only limit: the firmware itself
+//! keeps its queue from overflowing. Between two `ok`s the firmware can only move more lines
+//! out of the ring, so the count errs on the safe side. `P` (free planner blocks) is kept for
+//! the owner ([`MarlinSession::firmware_buffers`]); planned moves occupy neither buffer, so
+//! the window does not need it. Counting acknowledged-late bytes as still buffered can only
+//! make us wait, never overflow.
 //!
 //! # Acknowledgements that go missing
 //!
@@ -70,7 +81,9 @@ pub struct MarlinConfig {
     pub flow: MarlinFlow,
     /// Command slots (`BUFSIZE`) assumed until `ADVANCED_OK` tells the real number.
     pub command_buffer: usize,
-    /// Firmware RX buffer in bytes; unacknowledged bytes never exceed it.
+    /// Usable bytes of the firmware's RX ring; bytes that may still be in it never exceed
+    /// this. Marlin's ring keeps one of its `RX_BUFFER_SIZE` bytes empty, so the stock 128
+    /// holds 127.
     pub rx_buffer: usize,
     /// How long to wait for `start` after opening (DTR reset) before probing with a hello.
     pub wait_for_start: Duration,
@@ -103,7 +116,7 @@ impl Default for MarlinConfig {
         Self {
             flow: MarlinFlow::Windowed,
             command_buffer: 4,
-            rx_buffer: 128,
+            rx_buffer: 127,
             wait_for_start: Duration::from_secs(3),
             hello_interval: Duration::from_secs(2),
             hello_attempts: 5,
@@ -195,6 +208,11 @@ pub struct MarlinSession {
     events: VecDeque<Event>,
     info: FirmwareInfo,
     learned_buffer: Option<usize>,
+    /// With `ADVANCED_OK`: the last line the firmware had taken out of its RX ring into its
+    /// command queue, as its latest `ok N P B` showed.
+    queued_through: Option<u32>,
+    /// `P` and `B` of the latest `ok N P B`: free planner blocks and command slots.
+    firmware_free: Option<(u32, u32)>,
     repeats: Repeats,
     implausible: Option<(u32, u32)>,
     swallow_ok: bool,
@@ -244,6 +262,8 @@ impl MarlinSession {
             urgent: None,
             events: VecDeque::new(),
             learned_buffer: None,
+            queued_through: None,
+            firmware_free: None,
             repeats: Repeats::default(),
             implausible: None,
             swallow_ok: false,
@@ -272,11 +292,26 @@ impl MarlinSession {
         self.cursor - self.acked
     }
 
-    fn in_flight_bytes(&self) -> usize {
+    /// Free planner blocks and command slots the firmware reported in its latest
+    /// `ok N P B` (`ADVANCED_OK` only).
+    pub fn firmware_buffers(&self) -> Option<(u32, u32)> {
+        self.firmware_free
+    }
+
+    /// Unacknowledged bytes that may still be in the firmware's RX ring or on the wire: all of
+    /// them, less the lines `ADVANCED_OK` showed in the command queue.
+    pub fn rx_bytes_in_flight(&self) -> usize {
         self.history
             .range(self.acked..self.cursor)
+            .filter(|e| self.queued_through.is_none_or(|q| e.n > q))
             .map(|e| e.wire.len())
             .sum()
+    }
+
+    /// Whether acknowledgements carry the command slots (`ok N P B`), so the window can
+    /// follow the firmware's own view instead of a configured line count.
+    fn exact_window(&self) -> bool {
+        self.info.advanced_ok && self.learned_buffer.is_some()
     }
 
     fn line_window(&self) -> usize {
@@ -291,8 +326,15 @@ impl MarlinSession {
 
     fn window_allows(&self, len: usize) -> bool {
         let lines = self.in_flight();
-        lines == 0
-            || (lines < self.line_window() && self.in_flight_bytes() + len <= self.config.rx_buffer)
+        if lines == 0 {
+            return true;
+        }
+        let rx_fits = self.rx_bytes_in_flight() + len <= self.config.rx_buffer;
+        match self.config.flow {
+            MarlinFlow::PingPong => false,
+            MarlinFlow::Windowed if self.exact_window() => rx_fits,
+            MarlinFlow::Windowed => lines < self.line_window() && rx_fits,
+        }
     }
 
     fn first_n(&self) -> u32 {
@@ -313,6 +355,8 @@ impl MarlinSession {
         self.next_n = 0;
         self.resend_floor = 0;
         self.repeats = Repeats::default();
+        self.queued_through = None;
+        self.firmware_free = None;
         self.probe_sent = None;
         self.probe_now = false;
         self.push_entry("M110 N0", Kind::Hello);
@@ -491,10 +535,13 @@ impl MarlinSession {
                     let slots = free as usize + 1;
                     self.learned_buffer = Some(self.learned_buffer.unwrap_or(1).max(slots));
                 }
+                if let (Some(p), Some(b)) = (planner, buffer) {
+                    self.firmware_free = Some((p, b));
+                }
                 if after_resend && line.is_none() && self.config.ok_after_resend {
                     return;
                 }
-                self.on_ok(now, line, temperatures);
+                self.on_ok(now, line, buffer, temperatures);
             }
             Reply::Resend(n) => self.on_resend(now, n),
             Reply::Error(message) => self.on_error(message),
@@ -557,12 +604,19 @@ impl MarlinSession {
         }
     }
 
-    fn on_ok(&mut self, now: Instant, line: Option<u32>, temperatures: bool) {
+    fn on_ok(&mut self, now: Instant, line: Option<u32>, free: Option<u32>, temperatures: bool) {
         if let Some(k) = line {
             if let Some(i) = self.locate(k)
                 && i < self.history.len()
                 && self.history[i].sends > 0
             {
+                if let (Some(free), Some(slots)) = (free, self.learned_buffer) {
+                    // Line `k` still holds a slot; the lines behind it in the queue are the
+                    // next ones we sent (never more than are on the wire after `k`).
+                    let behind = slots.saturating_sub(free as usize + 1);
+                    let sent_after = self.cursor.saturating_sub(i + 1);
+                    self.queued_through = Some(k + behind.min(sent_after) as u32);
+                }
                 // Only the fence's own `ok T:` proves the end of a job; a digit mangled on
                 // the way back must not complete it early.
                 let upto = (self.acked..=i)
@@ -637,6 +691,8 @@ impl MarlinSession {
             line: n,
             left: behind.saturating_sub(1),
         };
+        // Its last accepted line is `n - 1`: nothing from `n` on is in its queue.
+        self.queued_through = self.queued_through.map(|q| q.min(n.saturating_sub(1)));
         if i < self.acked {
             // The firmware says it never got lines we took as acknowledged (an extra `ok`).
             for entry in self.history.range_mut(i..self.acked) {
@@ -829,6 +885,7 @@ impl Session for MarlinSession {
                 self.history.clear();
                 self.acked = 0;
                 self.cursor = 0;
+                self.queued_through = None;
                 self.probe_sent = None;
                 self.probe_now = false;
                 if !matches!(self.job, Job::Idle) {

@@ -211,33 +211,129 @@ fn advanced_ok_learns_the_command_buffer_and_acknowledges_by_line_number() {
     );
     assert!(h.session.firmware().advanced_ok);
     h.take_events();
-    let lines: Vec<String> = (1..=10).map(|i| format!("G1 X{i}")).collect();
-    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
-    h.start_job(&refs);
-    // Eight command slots learned from B7 (plus the acknowledged one); 8 × 12 bytes fit 128.
+    h.start_job(&["G1 X1", "G1 X2", "G1 X3"]);
     h.run(
         "> N2 G1 X1*?
          > N3 G1 X2*?
          > N4 G1 X3*?
-         > N5 G1 X4*?
-         > N6 G1 X5*?
-         > N7 G1 X6*?
-         > N8 G1 X7*?
-         > N9 G1 X8*?
          .
-         < ok N4 P12 B5
-         > N10 G1 X9*?
-         > N11 G1 X10*?
-         .
-         < ok N11 P15 B7
+         < ok N3 P13 B6
+         < ok N4 P14 B7
+         > N5 M105*?
+         < ok T:20.0 /0.0
+         .",
+    );
+    // `ok N3` acknowledged lines 2 and 3 at once: the `ok` of line 2 was lost.
+    assert_eq!(h.session.stats().job_lines_acked, 3);
+    assert_eq!(
+        h.take_events()[1],
+        Event::JobFinished(JobOutcome::Completed)
+    );
+}
+
+/// Connected to a firmware with `ADVANCED_OK` and `BUFSIZE` 4 (`B3` while a command runs).
+fn connected_with_advanced_ok_and_4_slots() -> Harness<MarlinSession> {
+    let mut h = Harness::new(|now| MarlinSession::new(quiet_config(), now));
+    h.run(
+        "< start
+         > N0 M110 N0*125
+         < ok N0 P15 B3
+         > N1 M115*39
+         < ok N1 P15 B3",
+    );
+    h.take_events();
+    h
+}
+
+/// `ok N<k> P<p> B<b>` is the firmware's own view of its buffers: `BUFSIZE - b - 1` lines
+/// behind `k` have left the RX ring for the command queue. They no longer count against the
+/// RX budget, so the window is the queue plus a full RX ring, not the queue alone.
+#[test]
+fn advanced_ok_counts_queued_lines_out_of_the_rx_budget() {
+    let mut h = connected_with_advanced_ok_and_4_slots();
+    let lines: Vec<String> = (1..=10).map(|i| format!("G1 X{}0.000 Y5", i)).collect();
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    h.start_job(&refs);
+    // Six framed lines of 19 bytes are 114 of the 127 the ring holds; a seventh (20) is not
+    // sent. That is already more lines than BUFSIZE (4): the firmware only reads its ring
+    // into the queue when a slot is free, so the ring's bytes are the only limit.
+    h.run(
+        "> N2 G1 X10.000 Y5*?
+         > N3 G1 X20.000 Y5*?
+         > N4 G1 X30.000 Y5*?
+         > N5 G1 X40.000 Y5*?
+         > N6 G1 X50.000 Y5*?
+         > N7 G1 X60.000 Y5*?
+         .",
+    );
+    assert_eq!(h.session.rx_bytes_in_flight(), 114);
+    // B0 with line 2 still in its slot: lines 3, 4 and 5 are queued, only 6 and 7 (38 bytes)
+    // can be in the ring. Counting the queued lines as ring bytes too would have sent
+    // nothing now; the firmware's view lets four more lines go.
+    h.run(
+        "< ok N2 P14 B0
+         > N8 G1 X70.000 Y5*?
+         > N9 G1 X80.000 Y5*?
+         > N10 G1 X90.000 Y5*?
+         > N11 G1 X100.000 Y5*?
+         .",
+    );
+    assert_eq!(h.session.firmware_buffers(), Some((14, 0)));
+    assert_eq!(h.session.rx_bytes_in_flight(), 38 + 20 + 19 + 21 + 21);
+    assert!(h.session.rx_bytes_in_flight() <= 127);
+    h.run(
+        "< ok N3 P13 B0
+         < ok N4 P12 B0
+         < ok N5 P11 B0
+         < ok N6 P10 B0
+         < ok N7 P9 B0
+         < ok N8 P8 B0
+         < ok N9 P7 B1
+         < ok N10 P6 B2
+         < ok N11 P5 B3
          > N12 M105*?
          < ok T:20.0 /0.0
          .",
     );
     assert_eq!(
-        h.take_events()[1],
-        Event::JobFinished(JobOutcome::Completed)
+        h.take_events().last(),
+        Some(&Event::JobFinished(JobOutcome::Completed))
     );
+}
+
+/// A resend says the firmware's last accepted line is `n - 1`: whatever the last `ok N P B`
+/// said about lines from `n` on no longer holds, and they count against the ring again.
+#[test]
+fn a_resend_takes_the_rejected_lines_out_of_the_advanced_ok_queue_view() {
+    let mut h = connected_with_advanced_ok_and_4_slots();
+    let lines: Vec<String> = (1..=6).map(|i| format!("G1 X{}0.000 Y5", i)).collect();
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    h.start_job(&refs);
+    h.run(
+        "> N2 G1 X10.000 Y5*?
+         > N3 G1 X20.000 Y5*?
+         > N4 G1 X30.000 Y5*?
+         > N5 G1 X40.000 Y5*?
+         > N6 G1 X50.000 Y5*?
+         > N7 G1 X60.000 Y5*?
+         < ok N2 P14 B0
+         .",
+    );
+    // Lines 3 to 5 are queued, 6 and 7 in the ring.
+    assert_eq!(h.session.rx_bytes_in_flight(), 38);
+    h.run(
+        "< Error:checksum mismatch, Last Line: 3
+         < Resend: 4",
+    );
+    // Only line 3 was accepted: 4 to 7 go again, all counted against the ring.
+    h.run(
+        "> N4 G1 X30.000 Y5*?
+         > N5 G1 X40.000 Y5*?
+         > N6 G1 X50.000 Y5*?
+         > N7 G1 X60.000 Y5*?
+         .",
+    );
+    assert_eq!(h.session.rx_bytes_in_flight(), 4 * 19);
 }
 
 #[test]

@@ -5,13 +5,19 @@ use std::time::Duration;
 
 use super::*;
 use crate::session::{Command, JobOptions};
-use crate::virtual_machine::{self as vm, FaultConfig, FirmwareConfig, VirtualMachine, VmConfig};
+use crate::virtual_machine::{
+    self as vm, FaultConfig, FirmwareConfig, VirtualMachine, VmConfig, VmStats,
+};
 
 pub(crate) struct Run {
     pub(crate) events: Vec<Event>,
     pub(crate) record: Vec<String>,
     pub(crate) stats: Stats,
     pub(crate) trace: VecDeque<String>,
+    /// The machine's counters at the end (`rx_lost`: bytes its RX ring had no room for).
+    pub(crate) vm: VmStats,
+    /// The most lines the host ever had unacknowledged.
+    pub(crate) max_in_flight: usize,
 }
 
 pub(crate) fn run(
@@ -26,6 +32,7 @@ pub(crate) fn run(
     let mut job: Option<VecDeque<&String>> = None;
     let mut events = Vec::new();
     let mut trace = VecDeque::new();
+    let mut max_in_flight = 0;
     let keep = |trace: &mut VecDeque<String>, s: String| {
         if trace.len() > 60 {
             trace.pop_front();
@@ -56,6 +63,7 @@ pub(crate) fn run(
             );
             machine.handle_host_bytes(now, &bytes);
         }
+        max_in_flight = max_in_flight.max(host.in_flight());
         while let Some(bytes) = machine.poll_transmit() {
             keep(
                 &mut trace,
@@ -72,6 +80,8 @@ pub(crate) fn run(
                     record: machine.record().iter().map(|e| e.command.clone()).collect(),
                     stats: host.stats(),
                     trace,
+                    vm: machine.stats(),
+                    max_in_flight,
                 };
             }
         }
@@ -161,4 +171,79 @@ fn plain_ok_streaming_through_the_virtual_marlin_survives_bit_errors_both_ways()
         lines.len()
     );
     assert!(i >= lines.len() - 2, "the record covers the file");
+}
+
+mod advanced_ok {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn quiet() -> MarlinConfig {
+        MarlinConfig {
+            temperature_interval: None,
+            ..MarlinConfig::default()
+        }
+    }
+
+    fn marlin(advanced_ok: bool, bufsize: usize, speed: f64) -> VmConfig {
+        VmConfig {
+            firmware: FirmwareConfig::Marlin(vm::MarlinConfig {
+                advanced_ok,
+                bufsize,
+                speed,
+                ..vm::MarlinConfig::default()
+            }),
+            baud: 250_000,
+            faults: FaultConfig::default(),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// Whatever the line lengths, queue size and motion speed, the window that trusts
+        /// `ok N P B` never sends more than the virtual Marlin's 128-byte ring can take: not
+        /// one byte is lost, no line needs a resend, and every line runs once, in order.
+        #[test]
+        fn the_advanced_ok_window_never_overflows_the_rx_ring(
+            lengths in proptest::collection::vec(0usize..50, 20..120),
+            bufsize in 2usize..9,
+            speed in prop_oneof![Just(0.0), 0.5f64..50.0],
+        ) {
+            let lines: Vec<String> = lengths
+                .iter()
+                .enumerate()
+                .map(|(i, &pad)| format!("G1 X{}.{} F600{}", i % 50, i % 10, " ".repeat(pad) + &"Y1".repeat(pad / 8)))
+                .collect();
+            let run = run(&lines, marlin(true, bufsize, speed), quiet(), 2_000_000);
+            prop_assert_eq!(run.events.last(), Some(&Event::JobFinished(JobOutcome::Completed)));
+            prop_assert_eq!(run.vm.rx_lost, 0, "{:?}", run.trace);
+            prop_assert_eq!(run.stats.resends, 0);
+            let moves: Vec<String> = run.record.into_iter().filter(|c| c.starts_with("G1")).collect();
+            let want: Vec<String> = lines.iter().map(|l| l.trim_end().to_owned()).collect();
+            prop_assert_eq!(moves, want);
+        }
+    }
+
+    /// Short lines behind a slow machine: the queue is full and the ring fills behind it. The
+    /// window holds the queue's lines plus a ring's worth, which a count of command slots
+    /// alone (the plain-`ok` window) would not allow.
+    #[test]
+    fn the_advanced_ok_window_keeps_more_lines_than_command_slots_in_flight() {
+        let lines: Vec<String> = (0..200).map(|i| format!("G1 X{} F600", i % 20)).collect();
+        let exact = run(&lines, marlin(true, 4, 50.0), quiet(), 2_000_000);
+        assert_eq!(
+            exact.events.last(),
+            Some(&Event::JobFinished(JobOutcome::Completed))
+        );
+        assert_eq!(exact.vm.rx_lost, 0);
+        assert!(
+            exact.max_in_flight > 4 + 5,
+            "four queued lines and at least six in the ring: {}",
+            exact.max_in_flight
+        );
+        let plain = run(&lines, marlin(false, 4, 50.0), quiet(), 2_000_000);
+        assert_eq!(plain.vm.rx_lost, 0);
+        assert!(plain.max_in_flight <= 4, "{}", plain.max_in_flight);
+    }
 }

@@ -93,6 +93,21 @@ fn numbered(n: usize, command: &str) -> String {
     format!("{payload}*{checksum}\n")
 }
 
+/// A runner's timer fires late (a tokio tick is 1 ms); the firmware must still answer at
+/// the instant the line arrived, as a UART interrupt would, not when the runner woke up.
+#[test]
+fn the_firmware_answers_when_the_line_arrives_even_if_woken_late() {
+    // 1000 baud: 10 ms per byte; `G4 P0\n` is complete 60 ms after it is sent.
+    let mut line = Line::new(marlin(1000, FaultConfig::default()));
+    line.machine.handle_host_bytes(line.now, b"G4 P0\n");
+    // Woken only once, 100 ms later: the `ok` left at 60 ms and its three bytes (with the
+    // line end) took 30 ms, so it has reached the host by now.
+    line.now += Duration::from_millis(100);
+    line.machine.handle_timeout(line.now);
+    line.collect();
+    assert_eq!(line.text(), "ok\n");
+}
+
 #[test]
 fn bytes_cross_the_line_at_a_tenth_of_the_baud_rate_each_way() {
     // 1000 baud: 10 ms per byte.
