@@ -5,7 +5,7 @@
 //! jobs whose agent stayed offline beyond the grace period.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use munifab_protocol::{AgentId, Artifact, Assign, Command, Message};
 use rumqttc::{AsyncClient, QoS};
@@ -161,21 +161,39 @@ impl Dispatcher {
     /// snapshot of the store) and publishes whatever the outbox holds for online agents.
     pub async fn dispatch(&self) -> Result<(), StoreError> {
         let now = self.now();
+        let started = Instant::now();
         let queue = self.store.queued_jobs(SNAPSHOT_JOBS).await?;
         // Most passes (telemetry, state reports) find nothing queued: no snapshot then.
         if !queue.is_empty() {
+            let queued = queue.len();
+            let read_queue = started.elapsed();
             let queued_ms: std::collections::HashMap<_, _> =
                 queue.iter().map(|j| (j.id, j.queued_ms)).collect();
             let snapshot = self
                 .store
                 .scheduler_snapshot_of(queue, now, FAIR_SHARE_WINDOW)
                 .await?;
+            let machines = snapshot.machines.len();
+            let snapshotted = started.elapsed();
             let at = time::OffsetDateTime::from_unix_timestamp(now.div_euclid(1000))
                 .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-            for a in scheduler::plan(&snapshot, at) {
+            let plan = scheduler::plan(&snapshot, at);
+            let planned = started.elapsed();
+            let placed = plan.len();
+            for a in plan {
                 let queued = queued_ms.get(&a.job).copied().flatten();
                 self.assign(&a, queued).await?;
             }
+            tracing::debug!(
+                queued,
+                machines,
+                placed,
+                queue_us = read_queue.as_micros() as u64,
+                snapshot_us = (snapshotted - read_queue).as_micros() as u64,
+                plan_us = (planned - snapshotted).as_micros() as u64,
+                assign_publish_us = (started.elapsed() - planned).as_micros() as u64,
+                "dispatch pass"
+            );
         }
         for agent in self.store.agents_with_unsent_commands().await? {
             for cmd in self.store.unsent_commands(&agent).await? {
@@ -194,6 +212,7 @@ impl Dispatcher {
         let now = self.now();
         let base = self.settings.public_url.trim_end_matches('/').to_string();
         let (agent, machine) = (&a.machine.agent, &a.machine.machine);
+        let started = Instant::now();
         let assigned = self
             .store
             .assign_job_in_pool(a.job, agent, machine, Some(a.pool.as_str()), now, |job| {
@@ -213,14 +232,28 @@ impl Dispatcher {
             .await;
         let (job, cmd) = match assigned {
             Ok(x) => x,
-            // Someone else moved it first (cancelled meanwhile, another replica).
-            Err(StoreError::Conflict(_) | StoreError::IllegalMove(_)) => return Ok(()),
+            // Someone else moved it or took the machine first (cancelled meanwhile, another
+            // replica, a placement from an outdated snapshot): the next pass sees the change.
+            Err(
+                StoreError::Conflict(_)
+                | StoreError::IllegalMove(_)
+                | StoreError::MachineBusy { .. },
+            ) => {
+                tracing::debug!(job = %a.job, %agent, %machine, "placement overtaken; skipped");
+                return Ok(());
+            }
             Err(e) => return Err(e),
         };
+        let stored = started.elapsed();
         self.publish(&cmd).await?;
         self.metrics
             .dispatch_latency((self.now() - queued_ms.unwrap_or(now)).max(0) as u64);
-        tracing::info!(job = %job.id, %agent, %machine, pool = %a.pool, epoch = job.epoch, "assigned");
+        tracing::info!(
+            job = %job.id, %agent, %machine, pool = %a.pool, epoch = job.epoch,
+            store_us = stored.as_micros() as u64,
+            publish_us = (started.elapsed() - stored).as_micros() as u64,
+            "assigned"
+        );
         Ok(())
     }
 

@@ -1043,3 +1043,81 @@ async fn pools_decide_who_may_use_a_machine_and_name_the_pool_in_the_ledger() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_dispatchers_racing_over_one_queue_assign_each_job_once_and_each_machine_once() {
+    const MACHINES: usize = 8;
+    const JOBS: usize = 20;
+    for (url, _dir) in common::each_db_url().await {
+        // Two handles with their own connections, as two coordinator replicas would have.
+        let first = munifab_coordinator::store::Store::connect(&url)
+            .await
+            .unwrap();
+        first.migrate().await.unwrap();
+        let second = munifab_coordinator::store::Store::connect(&url)
+            .await
+            .unwrap();
+        for i in 0..MACHINES {
+            online_ready_machine(&first, &format!("lab-{i}"), "mk3").await;
+        }
+        let mut jobs = Vec::new();
+        for i in 0..JOBS {
+            jobs.push(
+                first
+                    .submit_job(new_job("coop-a"), 1_000 + i as i64)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+        let race = |s: munifab_coordinator::store::Store| {
+            let start = start.clone();
+            tokio::spawn(async move {
+                let (d, _loop) = dispatcher(&s, 1_000_000);
+                start.wait().await;
+                for _ in 0..4 {
+                    d.dispatch().await.unwrap();
+                }
+            })
+        };
+        let (a, b) = tokio::join!(race(first.clone()), race(second.clone()));
+        a.unwrap();
+        b.unwrap();
+
+        let mut holders = std::collections::HashMap::new();
+        for job in &jobs {
+            let job = first.job(job.id).await.unwrap();
+            let assignments = first
+                .job_events(job.id)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.to == JobState::Assigned)
+                .count();
+            match job.state {
+                JobState::Assigned => {
+                    assert_eq!(assignments, 1, "{url}: job {} assigned twice", job.id);
+                    assert_eq!(job.epoch, 1, "{url}");
+                    let key = (job.agent.clone().unwrap(), job.machine.clone().unwrap());
+                    assert!(
+                        holders.insert(key.clone(), job.id).is_none(),
+                        "{url}: {key:?} got two jobs"
+                    );
+                }
+                JobState::Queued => assert_eq!(assignments, 0, "{url}"),
+                other => panic!("{url}: job {} ended {other}", job.id),
+            }
+        }
+        // Every machine got exactly one job, and each agent exactly one `assign` command.
+        assert_eq!(holders.len(), MACHINES, "{url}");
+        for i in 0..MACHINES {
+            let pending = first
+                .pending_commands(&agent(&format!("lab-{i}")))
+                .await
+                .unwrap();
+            assert_eq!(pending.len(), 1, "{url}: lab-{i}");
+        }
+        first.close().await;
+        second.close().await;
+    }
+}

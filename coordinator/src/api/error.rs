@@ -129,9 +129,11 @@ impl From<StoreError> for ApiError {
                 "conflict",
                 format!("{e}; retry the request"),
             ),
-            StoreError::MachineBusy { .. } => {
-                ApiError::new(StatusCode::CONFLICT, "machine_busy", e.to_string())
-            }
+            StoreError::MachineBusy { .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                "machine_busy",
+                format!("{e}; confirm it ready once the job has ended"),
+            ),
             other => ApiError::internal(other),
         }
     }

@@ -35,6 +35,10 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Largest MQTT packet the front accepts from an agent.
 const MAX_PACKET: usize = 512 * 1024;
 
+/// Bytes the front relays per read (messages are mostly well under this; larger ones take
+/// several reads).
+const RELAY_CHUNK: usize = 4096;
+
 /// Why the embedded broker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -155,7 +159,9 @@ fn rumqttd_config(
     let mut connections = rumqttd::ConnectionSettings {
         connection_timeout_ms: 10_000,
         max_payload_size: MAX_PACKET,
-        max_inflight_count: 500,
+        // Packets read from one connection before the router is told (a batch bound, not
+        // an allocation): agents send a few small messages at a time.
+        max_inflight_count: 64,
         auth: None,
         external_auth: None,
         dynamic_filters: true,
@@ -179,16 +185,46 @@ fn rumqttd_config(
         id: 0,
         router: rumqttd::RouterConfig {
             max_connections: 20_000,
-            max_outgoing_packet_count: 500,
-            max_segment_size: 16 * 1024 * 1024,
-            max_segment_count: 10,
-            custom_segment: None,
+            max_outgoing_packet_count: 200,
+            // rumqttd keeps every message published to a filter in that filter's in-memory
+            // log until `max_segment_count` segments of `max_segment_size` bytes are full:
+            // the bound is per filter, and each agent's `commands` subscription is a filter
+            // of its own. Commands are kept in the database and re-sent from there, so an
+            // agent's log holds only what it has not read yet (one 64 KiB segment; a larger
+            // command still fits, alone). The coordinator's own filters carry every agent's
+            // messages and get room to lag (see `segments`).
+            max_segment_size: 64 * 1024,
+            max_segment_count: 1,
+            custom_segment: Some(coordinator_segments()),
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
         },
         v4: Some(HashMap::from([("v4".to_string(), server)])),
         ..rumqttd::Config::default()
     }
+}
+
+/// Log bounds for the filters the coordinator subscribes to: status, state and events may
+/// lag by a few MiB (a whole fleet reconnecting at once, ~1.3 KiB per agent) before the
+/// oldest unread messages are dropped; telemetry is only kept briefly.
+fn coordinator_segments() -> HashMap<String, rumqttd::SegmentConfig> {
+    munifab_protocol::topic::filter::coordinator()
+        .into_iter()
+        .map(|f| {
+            let (max_segment_size, max_segment_count) = if f.ends_with("/telemetry") {
+                (256 * 1024, 2)
+            } else {
+                (1024 * 1024, 4)
+            };
+            (
+                f,
+                rumqttd::SegmentConfig {
+                    max_segment_size,
+                    max_segment_count,
+                },
+            )
+        })
+        .collect()
 }
 
 struct Front {
@@ -241,6 +277,35 @@ async fn next_frame(
     }
 }
 
+/// [`next_frame`] for the relay: reads only once the socket is readable, and gives the
+/// buffer back when it holds no partial packet, so an idle connection costs no buffer.
+async fn next_relayed_frame(
+    stream: &mut tokio::net::tcp::OwnedReadHalf,
+    buf: &mut BytesMut,
+) -> Result<Option<BytesMut>, String> {
+    loop {
+        match mqttbytes::check(buf.iter(), MAX_PACKET) {
+            Ok(header) => {
+                let frame = buf.split_to(header.frame_length());
+                if buf.is_empty() {
+                    *buf = BytesMut::new();
+                }
+                return Ok(Some(frame));
+            }
+            Err(mqttbytes::Error::InsufficientBytes(_)) => {}
+            Err(e) => return Err(format!("malformed MQTT packet: {e}")),
+        }
+        stream.readable().await.map_err(|e| format!("read: {e}"))?;
+        buf.reserve(RELAY_CHUNK);
+        match stream.try_read_buf(buf) {
+            Ok(0) => return Ok(None),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+}
+
 fn parse(frame: &BytesMut) -> Result<Packet, String> {
     Packet::read(&mut frame.clone(), MAX_PACKET).map_err(|e| format!("malformed MQTT packet: {e}"))
 }
@@ -285,18 +350,35 @@ async fn relay(mut client: TcpStream, ctx: &Front) -> Result<(), String> {
     let _ = upstream.set_nodelay(true);
     let mut out = BytesMut::new();
     Connect::write(&connect, &mut out).map_err(|e| format!("re-encode CONNECT: {e}"))?;
-    let (mut up_read, mut up_write) = upstream.into_split();
+    let (up_read, mut up_write) = upstream.into_split();
     let (mut client_read, mut client_write) = client.into_split();
     up_write
         .write_all(&out)
         .await
         .map_err(|e| format!("upstream write: {e}"))?;
+    // Both directions hold no buffer while idle (an agent's connection is idle nearly
+    // always): they wait until the socket is readable and only then take a buffer.
     let downstream = async move {
-        let _ = tokio::io::copy(&mut up_read, &mut client_write).await;
+        loop {
+            if up_read.readable().await.is_err() {
+                return;
+            }
+            let mut chunk = Vec::with_capacity(RELAY_CHUNK);
+            match up_read.try_read_buf(&mut chunk) {
+                Ok(0) => return,
+                Ok(_) => {
+                    if client_write.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
     };
     let upstream = async move {
         loop {
-            let frame = match next_frame(&mut client_read, &mut buf).await? {
+            let frame = match next_relayed_frame(&mut client_read, &mut buf).await? {
                 Some(f) => f,
                 None => return Ok(()),
             };

@@ -51,7 +51,13 @@ pub fn client(settings: &LinkSettings) -> (AsyncClient, EventLoop) {
     if let Some((u, p)) = &settings.credentials {
         o.set_credentials(u, p);
     }
-    AsyncClient::new(o, 4096)
+    let (client, mut events) = AsyncClient::new(o, 4096);
+    // A command goes out as soon as it is published, not held back by Nagle's algorithm
+    // until the broker acknowledges the previous one (rumqttc leaves Nagle on by default).
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    events.set_network_options(network);
+    (client, events)
 }
 
 /// Runs the event loop until `shutdown`, then disconnects.

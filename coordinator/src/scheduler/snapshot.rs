@@ -15,7 +15,8 @@ use super::ids::{CoopId, PoolId, RegionId, SiteId};
 pub struct Snapshot {
     /// Jobs in state `queued`.
     pub jobs: Vec<QueuedJob>,
-    /// Every known machine, busy or not.
+    /// Machines, busy or not (the plan itself skips offline, busy and unconfirmed ones;
+    /// the store's snapshot for dispatch leaves them out in the first place).
     pub machines: Vec<MachineSnapshot>,
     /// Every site referenced by machines or jobs.
     pub sites: Vec<Site>,

@@ -9,7 +9,6 @@ use sqlx::{AnyConnection, Row};
 use time::OffsetDateTime;
 
 use super::{Store, StoreError, corrupt};
-use crate::ledger::{self, Filter};
 use crate::scheduler::{
     CoopId, GeoPoint, MachineKey, MachineSnapshot, Policy, Pool, PoolId, PoolMember, QueuedJob,
     Quota, Readiness, RegionId, Site, SiteId, Snapshot,
@@ -411,27 +410,8 @@ impl Store {
         // A confirmation must not race the end of the job on the machine: once the job's
         // end is applied the machine is reset to `needs_attention`, which would silently undo
         // a confirmation given before it. Refuse instead; the operator confirms again.
-        let on_machine = crate::lifecycle::JobState::ALL
-            .iter()
-            .filter(|s| s.is_on_machine())
-            .map(|s| format!("'{}'", s.as_str()))
-            .collect::<Vec<_>>()
-            .join(", ");
-        // The state names are our own constants, not input.
-        let busy = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT id, state FROM jobs WHERE agent = $1 AND machine = $2 \
-             AND state IN ({on_machine}) LIMIT 1"
-        )))
-        .bind(agent.to_string())
-        .bind(machine.to_string())
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = busy {
-            return Err(StoreError::MachineBusy {
-                machine: format!("{agent}/{machine}"),
-                job: row.try_get("id")?,
-                state: row.try_get("state")?,
-            });
+        if let Some(busy) = super::jobs::job_on_machine(&mut tx, agent, machine).await? {
+            return Err(busy);
         }
         let done = sqlx::query(
             "UPDATE machines SET readiness = $1, ready_by = $2, ready_ms = $3 \
@@ -463,9 +443,10 @@ impl Store {
         Ok(())
     }
 
-    /// The scheduler's picture of now: queued jobs, free and busy machines with their
-    /// readiness, sites, pools, fair-share usage (ledger entries in the window plus the
-    /// estimates of jobs on machines) and quotas.
+    /// The scheduler's picture of now: queued jobs, the machines that could take one (online,
+    /// reported ready, not waiting for a person, no job on them) with their readiness, sites,
+    /// pools, fair-share usage (ledger entries in the window plus the estimates of jobs on
+    /// machines) and quotas.
     ///
     /// With no pool configured, every machine forms one implicit pool `default` open to
     /// every cooperative with weight 1 (a fresh install dispatches like before). Sites a
@@ -515,15 +496,21 @@ impl Store {
             });
         };
 
+        // Only machines the plan could use (it drops offline, busy and unconfirmed ones
+        // first): a pass costs what the free part of the fleet costs, not the whole fleet.
         let rows = sqlx::query(
             "SELECT m.agent AS agent, m.machine AS machine, m.state AS state, \
              m.capabilities AS capabilities, m.readiness AS readiness, a.site AS site, \
              a.online AS online, \
-             (SELECT COUNT(*) FROM jobs j WHERE j.agent = m.agent AND j.machine = m.machine \
-              AND j.state IN ('assigned','accepted','transferring','running','paused')) AS busy, \
              (SELECT MAX(l.ended_s) FROM ledger l WHERE l.agent = m.agent \
               AND l.machine = m.machine) AS last_end \
-             FROM machines m JOIN agents a ON a.id = m.agent ORDER BY m.agent, m.machine",
+             FROM machines m JOIN agents a ON a.id = m.agent \
+             WHERE a.online = 1 AND m.state = 'ready' \
+             AND (m.readiness IS NULL OR m.readiness <> 'needs_attention') \
+             AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.agent = m.agent \
+              AND j.machine = m.machine \
+              AND j.state IN ('assigned','accepted','transferring','running','paused')) \
+             ORDER BY m.agent, m.machine",
         )
         .fetch_all(self.pool())
         .await?;
@@ -546,8 +533,7 @@ impl Store {
                 (true, Some(c)) => readiness_parse(c)?,
             };
             let caps: String = r.try_get("capabilities")?;
-            let capabilities: munifab_protocol::Capabilities =
-                serde_json::from_str(&caps).map_err(|e| corrupt("machines.capabilities", e))?;
+            let capabilities = self.decode_capabilities(&caps)?;
             let site: Option<String> = r.try_get("site")?;
             let site = site
                 .and_then(|s| SiteId::new(s).ok())
@@ -563,7 +549,7 @@ impl Store {
                 capabilities,
                 last_job_ended_at: last_end
                     .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok()),
-                busy: r.try_get::<i64, _>("busy")? > 0,
+                busy: false,
             });
         }
 
@@ -590,20 +576,36 @@ impl Store {
                 excluded_machines: job.excluded.iter().filter_map(|x| x.parse().ok()).collect(),
             });
         }
-        for r in sqlx::query(
-            "SELECT coop, analysis FROM jobs \
-             WHERE state IN ('assigned','accepted','transferring','running','paused')",
-        )
+        // The database sums the estimates (each rounded up to whole seconds, as the ledger
+        // counts) per cooperative: one row per cooperative, not one per running job.
+        let estimate = match self.backend() {
+            super::Backend::Sqlite => {
+                "MAX(COALESCE(CAST(json_extract(analysis, '$.estimated_seconds') \
+                 AS DOUBLE PRECISION), 0), 0)"
+            }
+            super::Backend::Postgres => {
+                "GREATEST(COALESCE(CAST(CAST(analysis AS jsonb)->>'estimated_seconds' \
+                 AS DOUBLE PRECISION), 0), 0)"
+            }
+        };
+        let rounded_up = match self.backend() {
+            super::Backend::Sqlite => {
+                format!("CAST({estimate} AS INTEGER) + ({estimate} > CAST({estimate} AS INTEGER))")
+            }
+            super::Backend::Postgres => format!("CEIL({estimate})"),
+        };
+        for r in sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT coop, CAST(SUM({rounded_up}) AS BIGINT) AS estimate FROM jobs \
+             WHERE state IN ('assigned','accepted','transferring','running','paused') \
+             GROUP BY coop"
+        )))
         .fetch_all(self.pool())
         .await?
         {
             let coop: String = r.try_get("coop")?;
-            let analysis: String = r.try_get("analysis")?;
-            let a: munifab_protocol::AnalysisSummary =
-                serde_json::from_str(&analysis).map_err(|e| corrupt("jobs.analysis", e))?;
+            let estimate: i64 = r.try_get("estimate")?;
             if let Ok(c) = CoopId::new(coop) {
-                *running_estimates.entry(c).or_default() +=
-                    a.estimated_seconds.max(0.0).ceil() as u64;
+                *running_estimates.entry(c).or_default() += estimate.max(0) as u64;
             }
         }
 
@@ -644,16 +646,12 @@ impl Store {
         }
 
         let since = now - window;
-        let entries = self
-            .ledger_all(&Filter {
-                from: Some(since),
-                ..Default::default()
-            })
-            .await?;
-        let mut usage: BTreeMap<CoopId, u64> = ledger::usage_since(&entries, since)
-            .into_iter()
-            .map(|u| (u.cooperative, u.machine_seconds))
-            .collect();
+        let mut usage: BTreeMap<CoopId, u64> = BTreeMap::new();
+        for (c, s) in self.ledger_usage(None, since).await? {
+            if let Ok(c) = CoopId::new(c) {
+                usage.insert(c, s);
+            }
+        }
         for (c, s) in &running_estimates {
             *usage.entry(c.clone()).or_default() += s;
         }
@@ -666,16 +664,11 @@ impl Store {
             let period_ms = i64::from(q.period_days) * 86_400_000;
             let elapsed = (now_ms - q.period_start_ms).max(0);
             let start = q.period_start_ms + elapsed / period_ms * period_ms;
-            let used_entries = self
-                .ledger_all(&Filter {
-                    cooperative: Some(cooperative.clone()),
-                    from: Some(at_ms(start)?),
-                    ..Default::default()
-                })
-                .await?;
-            let used: u64 = used_entries
-                .iter()
-                .map(|e| e.record.machine_seconds)
+            let used: u64 = self
+                .ledger_usage(Some(cooperative.as_str()), at_ms(start)?)
+                .await?
+                .into_iter()
+                .map(|(_, s)| s)
                 .sum::<u64>()
                 + running_estimates.get(&cooperative).copied().unwrap_or(0);
             quotas.push(Quota {

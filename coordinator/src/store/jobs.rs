@@ -9,7 +9,7 @@ use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
 use super::ledger;
 use super::outbox::{self, QueuedCommand};
-use super::{Store, StoreError, corrupt};
+use super::{Backend, Store, StoreError, corrupt};
 use crate::lifecycle::JobState;
 
 /// A job as submitted (what the API hands the store).
@@ -283,6 +283,83 @@ pub(super) async fn load(conn: &mut AnyConnection, id: JobId) -> Result<Option<J
     .fetch_optional(&mut *conn)
     .await?;
     row.as_ref().map(job_from_row).transpose()
+}
+
+/// Claims a job for assignment inside the caller's write transaction. On PostgreSQL the row
+/// is locked `FOR UPDATE SKIP LOCKED`: a job another transaction (a second coordinator, a
+/// concurrent pass) is claiming is skipped at once as a [`StoreError::Conflict`] instead of
+/// waited for and assigned twice. SQLite has one writer at a time: the caller's
+/// transaction began `IMMEDIATE`, so the row read here cannot change before the commit.
+async fn claim(conn: &mut AnyConnection, backend: Backend, id: JobId) -> Result<Job, StoreError> {
+    let lock = match backend {
+        Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        Backend::Sqlite => "",
+    };
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM jobs WHERE id = $1{lock}"
+    )))
+    .bind(id.to_string())
+    .fetch_optional(&mut *conn)
+    .await?;
+    match row {
+        Some(row) => job_from_row(&row),
+        // Skipped: it exists (another claimer holds it), or it does not.
+        None => match load(conn, id).await? {
+            Some(_) => Err(StoreError::Conflict(id.to_string())),
+            None => Err(StoreError::NotFound {
+                what: "job",
+                id: id.to_string(),
+            }),
+        },
+    }
+}
+
+/// Locks a machine's row for the caller's transaction (PostgreSQL; SQLite's writer lock
+/// already covers it) and refuses it when a job is already on it: two placements made from
+/// different snapshots never book one machine twice.
+async fn claim_machine(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    agent: &AgentId,
+    machine: &MachineId,
+) -> Result<(), StoreError> {
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT agent FROM machines WHERE agent = $1 AND machine = $2 FOR UPDATE")
+            .bind(agent.to_string())
+            .bind(machine.to_string())
+            .fetch_optional(&mut *conn)
+            .await?;
+    }
+    match job_on_machine(conn, agent, machine).await? {
+        Some(busy) => Err(busy),
+        None => Ok(()),
+    }
+}
+
+/// The job of ours still on a machine, as the `MachineBusy` error that refuses another
+/// placement or a readiness confirmation there.
+pub(super) async fn job_on_machine(
+    conn: &mut AnyConnection,
+    agent: &AgentId,
+    machine: &MachineId,
+) -> Result<Option<StoreError>, StoreError> {
+    let holder = sqlx::query(
+        "SELECT id, state FROM jobs WHERE agent = $1 AND machine = $2 \
+         AND state IN ('assigned','accepted','transferring','running','paused') LIMIT 1",
+    )
+    .bind(agent.to_string())
+    .bind(machine.to_string())
+    .fetch_optional(&mut *conn)
+    .await?;
+    holder
+        .map(|row| {
+            Ok(StoreError::MachineBusy {
+                machine: format!("{agent}/{machine}"),
+                job: row.try_get("id")?,
+                state: row.try_get("state")?,
+            })
+        })
+        .transpose()
 }
 
 async fn load_required(conn: &mut AnyConnection, id: JobId) -> Result<Job, StoreError> {
@@ -600,8 +677,9 @@ impl Store {
         now: i64,
         command: impl FnOnce(&Job) -> Message<Command>,
     ) -> Result<(Job, QueuedCommand), StoreError> {
-        let mut tx = self.pool().begin().await?;
-        let mut job = load_required(&mut tx, id).await?;
+        let mut tx = self.begin_write().await?;
+        let mut job = claim(&mut tx, self.backend(), id).await?;
+        claim_machine(&mut tx, self.backend(), agent, machine).await?;
         job.pool = pool.map(str::to_string);
         let guard = job.epoch;
         job.epoch += 1;

@@ -391,6 +391,37 @@ impl Store {
         rows.iter().map(entry_from_row).collect()
     }
 
+    /// Machine-seconds per cooperative of the entries that ended at or after `since`
+    /// (only `cooperative` when given), summed by the database: the scheduler asks on every
+    /// pass, and decoding a week of entries each time would cost as much as the ledger is long.
+    pub async fn ledger_usage(
+        &self,
+        cooperative: Option<&str>,
+        since: time::OffsetDateTime,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let from = since.unix_timestamp() + i64::from(since.nanosecond() > 0);
+        let (coop_sql, coop) = match cooperative {
+            Some(c) => (" AND cooperative = $2", Some(c.to_string())),
+            None => ("", None),
+        };
+        let mut q = sqlx::query(AssertSqlSafe(format!(
+            "SELECT cooperative, CAST(SUM(machine_seconds) AS BIGINT) AS used FROM ledger \
+             WHERE ended_s >= $1{coop_sql} GROUP BY cooperative"
+        )))
+        .bind(from);
+        if let Some(c) = coop {
+            q = q.bind(c);
+        }
+        q.fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(|r| {
+                let used: i64 = r.try_get("used")?;
+                Ok((r.try_get("cooperative")?, used.max(0) as u64))
+            })
+            .collect()
+    }
+
     /// The entry recorded for a job, if it has one.
     pub async fn ledger_entry_of_job(
         &self,

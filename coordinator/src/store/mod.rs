@@ -17,8 +17,10 @@ mod outbox;
 mod tokens;
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -70,11 +72,9 @@ pub enum StoreError {
     /// The row changed under this operation (another writer won); retry with fresh data.
     #[error("job {0} changed concurrently")]
     Conflict(String),
-    /// A machine cannot be confirmed ready while a job is still on it in the coordinator's
-    /// view (its end event not applied yet, or the job really still running).
-    #[error(
-        "machine {machine} still has job {job} ({state}); confirm it ready once the job has ended"
-    )]
+    /// The machine still holds a job in the coordinator's view: a placement from an outdated
+    /// picture, or a readiness confirmation before the job's end was applied.
+    #[error("machine {machine} still holds job {job} ({state})")]
     MachineBusy {
         /// `agent/machine`.
         machine: String,
@@ -104,7 +104,14 @@ pub enum StoreError {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Decoded machine capabilities by their stored JSON text: the scheduler's snapshot
+    /// reads every free machine on every pass, and a fleet has few distinct capability
+    /// sets. Keyed by the text itself, so it can never answer for a changed machine.
+    capabilities: Arc<Mutex<HashMap<String, munifab_protocol::Capabilities>>>,
 }
+
+/// Distinct capability texts kept decoded before the cache starts over.
+const CAPABILITIES_CACHED: usize = 4096;
 
 const CORE_SQL: &str = include_str!("../../migrations/0001_core.sql");
 const LEDGER_SQL: &str = include_str!("../../migrations/0002_ledger.sql");
@@ -157,7 +164,11 @@ impl Store {
             });
         }
         let pool = pool_options.connect_with(options).await?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            capabilities: Arc::default(),
+        })
     }
 
     /// Opens (creating if needed) the SQLite file at `path`.
@@ -216,6 +227,38 @@ impl Store {
 
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// Decodes a machine's stored capabilities, from the cache when the same text was
+    /// decoded before.
+    pub(crate) fn decode_capabilities(
+        &self,
+        text: &str,
+    ) -> Result<munifab_protocol::Capabilities, StoreError> {
+        let mut cache = self.capabilities.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.get(text) {
+            return Ok(c.clone());
+        }
+        let c: munifab_protocol::Capabilities =
+            serde_json::from_str(text).map_err(|e| corrupt("machines.capabilities", e))?;
+        if cache.len() >= CAPABILITIES_CACHED {
+            cache.clear();
+        }
+        cache.insert(text.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Begins a transaction that will write. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`, waiting up to the busy timeout), so what it reads stays current
+    /// until it commits, even with a second process on the same file; a deferred
+    /// transaction that read before another writer committed could not upgrade.
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
     }
 }
 
