@@ -563,6 +563,28 @@ fn requirements_and_summary_carry_the_figures_to_the_wire() {
 }
 
 #[test]
+fn a_header_density_of_zero_falls_back_to_the_typical_density_of_the_named_filament() {
+    let file =
+        |header: &str| format!("{header}M82\nG28\nG1 Z0.3 F600\nG1 X10 E10 F1200\nG1 X20 E20\n");
+    let grams = |header: &str| {
+        analyze_bytes(file(header).as_bytes(), None)
+            .summary(None)
+            .material_grams
+    };
+    let expected = std::f64::consts::PI * 0.875 * 0.875 * 20.0 / 1000.0;
+    let zero = grams("; filament_type = PETG\n; filament_density = 0\n").expect("typical PETG");
+    assert_close(zero, expected * 1.27);
+    let stated = grams("; filament_type = PETG\n; filament_density = 1.5\n").expect("stated");
+    assert_close(stated, expected * 1.5);
+    assert_eq!(grams("; filament_type = UNOBTAINIUM\n"), None);
+    assert_eq!(grams(""), None, "no header: no guess");
+    assert_eq!(
+        munifab_firmware_bridge::gcode::typical_density_g_cm3(" pla "),
+        Some(1.24)
+    );
+}
+
+#[test]
 fn reading_from_a_file_gives_the_same_analysis_as_from_memory() {
     let file = std::fs::File::open(fixture("gcode/prusaslicer.gcode")).unwrap();
     let streamed = analyze_reader(std::io::BufReader::with_capacity(7, file), None).unwrap();

@@ -10,6 +10,25 @@ use super::slicer::{SlicerInfo, Thumbnail};
 /// Filament diameter assumed when the header does not say, mm.
 pub const DEFAULT_FILAMENT_DIAMETER_MM: f64 = 1.75;
 
+/// Typical density of a filament material, g/cm³, for files whose slicer header names the
+/// material but leaves its density at 0 or out (PrusaSlicer's default profiles do): the
+/// ledger charges material by mass, and 0 g for a printed part would be wrong.
+pub fn typical_density_g_cm3(material: &str) -> Option<f64> {
+    let m = material.trim().to_ascii_uppercase();
+    Some(match m.as_str() {
+        "PLA" => 1.24,
+        "PETG" | "PET" => 1.27,
+        "ABS" => 1.04,
+        "ASA" => 1.07,
+        "TPU" | "FLEX" => 1.21,
+        "PA" | "NYLON" | "PA6" | "PA12" => 1.14,
+        "PC" => 1.20,
+        "HIPS" => 1.04,
+        "PVA" => 1.23,
+        _ => return None,
+    })
+}
+
 /// Everything the analysis learnt about a file.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Analysis {
@@ -159,10 +178,21 @@ impl Analysis {
     }
 
     /// The figures the coordinator sends with an assignment. The mass uses `density_g_cm3`
-    /// when given, else the slicer's filament density, else none.
+    /// when given, else the slicer's filament density when above 0, else the
+    /// [typical density](typical_density_g_cm3) of the slicer's filament type, else none.
     pub fn summary(&self, density_g_cm3: Option<f64>) -> AnalysisSummary {
-        let density =
-            density_g_cm3.or_else(|| self.slicer.as_ref().and_then(|s| s.filament_density_g_cm3));
+        let slicer = self.slicer.as_ref();
+        let density = density_g_cm3
+            .or_else(|| {
+                slicer
+                    .and_then(|s| s.filament_density_g_cm3)
+                    .filter(|d| *d > 0.0)
+            })
+            .or_else(|| {
+                slicer
+                    .and_then(|s| s.filament_type.as_deref())
+                    .and_then(typical_density_g_cm3)
+            });
         AnalysisSummary {
             lines: self.lines,
             bytes: self.bytes,
