@@ -574,28 +574,6 @@ pub fn writes_eeprom(text: &str) -> bool {
     g10 || compact.contains("G28.1") || compact.contains("G30.1")
 }
 
-/// A job line without its `( … )` comments. GRBL drops them itself, but only after they
-/// crossed the wire: a CAM header comment longer than the line buffer would refuse the
-/// whole job, and every comment byte takes room in the 128-byte receive buffer that
-/// character counting fills. Senders strip them; so do we. An unclosed `(` runs to the
-/// end of the line, as in GRBL.
-fn strip_comments(raw: &str) -> std::borrow::Cow<'_, str> {
-    if !raw.contains('(') {
-        return std::borrow::Cow::Borrowed(raw);
-    }
-    let mut out = String::with_capacity(raw.len());
-    let mut depth = false;
-    for c in raw.chars() {
-        match (depth, c) {
-            (false, '(') => depth = true,
-            (true, ')') => depth = false,
-            (false, c) => out.push(c),
-            (true, _) => {}
-        }
-    }
-    std::borrow::Cow::Owned(out)
-}
-
 fn check_sendable(text: &str, max_line: usize, source_line: u64) -> Result<(), CommandError> {
     let bad = |reason: String| CommandError::BadLine {
         source_line,
@@ -890,8 +868,7 @@ impl Session for GrblSession {
         }
         self.source_lines += 1;
         let source_line = self.source_lines;
-        let uncommented = strip_comments(raw);
-        let Some(cleaned) = line::clean(&uncommented) else {
+        let Some(cleaned) = line::clean(raw) else {
             return Ok(());
         };
         check_sendable(cleaned, self.config.max_line, source_line)?;

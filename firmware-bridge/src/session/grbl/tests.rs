@@ -349,21 +349,6 @@ fn lines_with_realtime_characters_or_too_long_are_refused() {
 }
 
 #[test]
-fn parenthesised_comments_are_not_sent_however_long() {
-    let header = format!("({})", "a CAM header comment ".repeat(6));
-    let mut h = connected(quiet());
-    h.start_job(&[&header, "G1 X1 (to the corner) F100", "(just a note"]);
-    h.run("> G1 X1  F100");
-    h.run("< ok");
-    assert!(
-        h.take_events()
-            .iter()
-            .all(|e| !matches!(e, Event::Failed(_))),
-        "comments never refuse a job"
-    );
-}
-
-#[test]
 fn an_unexpected_banner_mid_job_reports_a_reset_and_fails_the_job() {
     let mut h = connected(quiet());
     h.start_job(&["G1 X1"]);
