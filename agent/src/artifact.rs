@@ -95,9 +95,6 @@ pub struct ArtifactCache {
     /// Built on the first https URL: loading the system's trust roots costs about a
     /// megabyte of memory, which a workshop fetching over plain http never needs.
     https: Arc<OnceLock<Result<reqwest::Client, String>>>,
-    /// Bearer token for the coordinator's artifact route; sent only to `base`'s origin, so
-    /// an artifact URL pointing elsewhere never learns it.
-    token: Option<crate::config::Secret>,
 }
 
 fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
@@ -126,15 +123,7 @@ impl ArtifactCache {
             base,
             http,
             https: Arc::new(OnceLock::new()),
-            token: None,
         })
-    }
-
-    /// Authenticates downloads from the coordinator (`base`'s scheme, host and port) with
-    /// `token` as a bearer token: the coordinator serves artifacts to agents only.
-    pub fn with_token(mut self, token: crate::config::Secret) -> Self {
-        self.token = Some(token);
-        self
     }
 
     fn client_for(&self, url: &Url) -> Result<&reqwest::Client, FetchError> {
@@ -250,11 +239,6 @@ impl ArtifactCache {
             message: e.to_string(),
         };
         let mut req = self.client_for(url)?.get(url.clone());
-        if let Some(token) = &self.token
-            && url.origin() == self.base.origin()
-        {
-            req = req.bearer_auth(token.expose());
-        }
         if have > 0 {
             req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
         }

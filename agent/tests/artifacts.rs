@@ -34,24 +34,6 @@ async fn a_download_is_verified_and_stored_under_its_digest() {
 }
 
 #[tokio::test]
-async fn the_agent_token_goes_to_the_coordinator_only() {
-    let coordinator = ArtifactServer::start().await;
-    let elsewhere = ArtifactServer::start().await;
-    let (cache, dir) = cache(&coordinator);
-    let cache = cache.with_token(munifab_agent::config::Secret::new("mft_agent"));
-    let ours = coordinator.add("a.gcode", &gcode(10));
-    let theirs = elsewhere.add("b.gcode", &gcode(20));
-    cache.fetch(&ours).await.unwrap();
-    cache.fetch(&theirs).await.unwrap();
-    assert_eq!(
-        coordinator.log.auth.lock().unwrap().as_slice(),
-        [Some("Bearer mft_agent".to_string())]
-    );
-    assert_eq!(elsewhere.log.auth.lock().unwrap().as_slice(), [None]);
-    std::fs::remove_dir_all(dir).unwrap();
-}
-
-#[tokio::test]
 async fn a_partial_download_is_resumed_with_a_range_request() {
     let server = ArtifactServer::start().await;
     let data = gcode(5000);

@@ -355,8 +355,6 @@ impl RunningAgent {
 #[derive(Clone, Default)]
 pub struct ArtifactLog {
     pub ranges: Arc<Mutex<Vec<Option<String>>>>,
-    /// The `Authorization` header of each request.
-    pub auth: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 /// An HTTP server with `/artifacts/{name}`, honouring `Range: bytes=N-`.
@@ -390,12 +388,6 @@ impl ArtifactServer {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
             log.ranges.lock().unwrap().push(range.clone());
-            log.auth.lock().unwrap().push(
-                headers
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string),
-            );
             let Some(data) = files.lock().unwrap().get(&name).cloned() else {
                 return StatusCode::NOT_FOUND.into_response();
             };
