@@ -49,7 +49,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     let cache = ArtifactCache::new(
         settings.data_dir.join("artifacts"),
         settings.coordinator.clone(),
-    )?;
+    )?
+    .with_token(settings.broker.token.expose());
     let (cmd_tx, mut cmd_rx) = mpsc::channel(64);
     let (session, session_task) = session::spawn(
         SessionSettings {

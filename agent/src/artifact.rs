@@ -86,11 +86,23 @@ impl FetchError {
     }
 }
 
+/// The agent's token, sent as `Authorization: Bearer` to the coordinator (which serves
+/// artifacts to agents only); never shown in logs.
+#[derive(Clone)]
+struct Bearer(String);
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bearer(<redacted>)")
+    }
+}
+
 /// The content-addressed artifact cache and its HTTP client.
 #[derive(Debug, Clone)]
 pub struct ArtifactCache {
     root: PathBuf,
     base: Url,
+    token: Option<Bearer>,
     http: reqwest::Client,
     /// Built on the first https URL: loading the system's trust roots costs about a
     /// megabyte of memory, which a workshop fetching over plain http never needs.
@@ -121,6 +133,7 @@ impl ArtifactCache {
         Ok(Self {
             root,
             base,
+            token: None,
             http,
             https: Arc::new(OnceLock::new()),
         })
@@ -137,6 +150,23 @@ impl ArtifactCache {
                 url: url.to_string(),
                 message: message.clone(),
             })
+    }
+
+    /// Sends `token` as a bearer token with every download from the coordinator, i.e. from
+    /// the scheme, host and port of `base`; URLs elsewhere (a mirror) get no credentials.
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = Some(Bearer(token.to_string()));
+        self
+    }
+
+    fn token_for(&self, url: &Url) -> Option<&str> {
+        let same_origin = url.scheme() == self.base.scheme()
+            && url.host_str() == self.base.host_str()
+            && url.port_or_known_default() == self.base.port_or_known_default();
+        self.token
+            .as_ref()
+            .filter(|_| same_origin)
+            .map(|t| t.0.as_str())
     }
 
     /// Where verified content with this digest lives.
@@ -239,6 +269,9 @@ impl ArtifactCache {
             message: e.to_string(),
         };
         let mut req = self.client_for(url)?.get(url.clone());
+        if let Some(token) = self.token_for(url) {
+            req = req.bearer_auth(token);
+        }
         if have > 0 {
             req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
         }
@@ -332,4 +365,27 @@ pub async fn hash_file(path: &Path) -> Result<String, FetchError> {
             source: std::io::Error::other(e),
         })
     })
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+
+    #[test]
+    fn the_token_goes_to_the_coordinators_origin_only() {
+        let dir = std::env::temp_dir().join(format!("munifab-artifact-{}", uuid::Uuid::new_v4()));
+        let cache = ArtifactCache::new(dir.clone(), "http://coord.example:8080/".parse().unwrap())
+            .unwrap()
+            .with_token("mft_secret");
+        let url = |u: &str| u.parse::<Url>().unwrap();
+        assert_eq!(
+            cache.token_for(&url("http://coord.example:8080/api/v1/artifacts/ab")),
+            Some("mft_secret")
+        );
+        assert_eq!(cache.token_for(&url("http://mirror.example:8080/ab")), None);
+        assert_eq!(cache.token_for(&url("http://coord.example:9090/ab")), None);
+        assert_eq!(cache.token_for(&url("https://coord.example:8080/ab")), None);
+        assert!(!format!("{cache:?}").contains("mft_secret"), "redacted");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
