@@ -574,6 +574,23 @@ pub fn writes_eeprom(text: &str) -> bool {
     g10 || compact.contains("G28.1") || compact.contains("G30.1")
 }
 
+/// The line without its `( … )` comments (an unclosed one runs to the end of the line), as
+/// GRBL itself would drop them. CAM programs put long ones in their headers: sent as they
+/// are, they would overflow the line limit and waste the character-counted RX buffer.
+fn without_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_comment = false;
+    for c in text.chars() {
+        match c {
+            '(' if !in_comment => in_comment = true,
+            ')' if in_comment => in_comment = false,
+            _ if in_comment => {}
+            c => out.push(c),
+        }
+    }
+    out.trim().to_string()
+}
+
 fn check_sendable(text: &str, max_line: usize, source_line: u64) -> Result<(), CommandError> {
     let bad = |reason: String| CommandError::BadLine {
         source_line,
@@ -871,8 +888,12 @@ impl Session for GrblSession {
         let Some(cleaned) = line::clean(raw) else {
             return Ok(());
         };
-        check_sendable(cleaned, self.config.max_line, source_line)?;
-        self.staged.push_back((cleaned.to_owned(), source_line));
+        let cleaned = without_comments(cleaned);
+        if cleaned.is_empty() {
+            return Ok(());
+        }
+        check_sendable(&cleaned, self.config.max_line, source_line)?;
+        self.staged.push_back((cleaned, source_line));
         Ok(())
     }
 

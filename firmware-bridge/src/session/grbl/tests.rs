@@ -93,6 +93,21 @@ fn character_counting_fills_the_rx_buffer_but_never_more() {
 }
 
 #[test]
+fn parenthesised_comments_are_not_sent_and_do_not_count_against_the_line_limit() {
+    let mut h = connected(quiet());
+    let header = format!("({})", "a long CAM header comment ".repeat(4));
+    assert!(header.len() > 79);
+    h.start_job(&[
+        &header,
+        "G0 X1 (rapid) Y2",
+        "(unclosed comment G0 X9",
+        "G0 X3",
+    ]);
+    h.run("> G0 X1  Y2\n> G0 X3\n.\n< ok\n< ok");
+    assert_eq!(h.take_events(), [Event::JobFinished(JobOutcome::Completed)]);
+}
+
+#[test]
 fn send_response_mode_waits_for_each_answer() {
     let mut h = connected(GrblConfig {
         flow: GrblFlow::SendResponse,
