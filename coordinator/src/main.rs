@@ -190,7 +190,11 @@ async fn main() -> anyhow::Result<()> {
             "info,rumqttd=warn".into()
         }
     });
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    // Logs go to stderr: stdout carries what commands print (a new token, `coop show`,
+    // `ledger verify`), and scripts capture it.
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if cli.log_json {
         logs.json().init();
     } else {
