@@ -91,13 +91,13 @@ impl Display {
         }
     }
 
-    /// Removes the bars (before the summary).
+    /// Leaves the bars at their end (before the summary).
     pub fn finish(&mut self) {
         if let Some((multi, bars)) = self.bars.take() {
             for bar in bars.values() {
-                bar.finish();
+                bar.finish_with_message("all jobs done");
             }
-            let _ = multi.clear();
+            drop(multi);
         }
     }
 }
