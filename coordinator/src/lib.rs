@@ -21,6 +21,8 @@
 //!   cooperatives, nearest capable fablab, readiness gating).
 //! - [`ledger`]: the hash-chained production ledger: entries, canonical encoding,
 //!   verification, reports and CSV.
+//! - `demo` (feature `demo`, on by default): the whole chain in one process, with real
+//!   agents on virtual machines.
 
 pub mod api;
 pub mod artifacts;
@@ -28,6 +30,8 @@ pub mod auth;
 pub mod catalog;
 pub mod clock;
 pub mod config;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod dispatch;
 pub mod ledger;
 pub mod lifecycle;

@@ -55,6 +55,24 @@ enum Cmd {
         #[command(subcommand)]
         command: LedgerCmd,
     },
+    /// Everything in one process, nothing installed: a coordinator, two fablabs with real
+    /// agents on virtual printers and a mill, sample jobs from two cooperatives, a summary.
+    #[cfg(feature = "demo")]
+    Demo {
+        /// Speed factor of the virtual machines (moves, dwells, heating).
+        #[arg(long, default_value_t = munifab_coordinator::demo::DEFAULT_SPEED)]
+        speed: f64,
+        /// After the summary, keep the API and broker up (URLs and an admin token are
+        /// printed) until Ctrl-C.
+        #[arg(long)]
+        keep_running: bool,
+        /// The designs folder to publish as the catalog's git source.
+        #[arg(long)]
+        designs: Option<PathBuf>,
+        /// The machine profiles folder.
+        #[arg(long)]
+        profiles: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,8 +181,15 @@ enum TokenCmd {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MUNIFAB_LOG")
-        .unwrap_or_else(|_| "info,rumqttd=warn".into());
+    // The demo talks to people on stdout; its logs stay quiet unless asked for.
+    let quiet = is_demo(&cli.command);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MUNIFAB_LOG").unwrap_or_else(|_| {
+        if quiet {
+            "warn,rumqttd=off".into()
+        } else {
+            "info,rumqttd=warn".into()
+        }
+    });
     // Logs go to stderr: stdout carries what commands print (a new token, `coop show`,
     // `ledger verify`), and scripts capture it.
     let logs = tracing_subscriber::fmt()
@@ -174,6 +199,23 @@ async fn main() -> anyhow::Result<()> {
         logs.json().init();
     } else {
         logs.init();
+    }
+    #[cfg(feature = "demo")]
+    if let Cmd::Demo {
+        speed,
+        keep_running,
+        designs,
+        profiles,
+    } = cli.command
+    {
+        let repo = munifab_coordinator::demo::Options::repository();
+        let opts = munifab_coordinator::demo::Options {
+            speed,
+            keep_running,
+            designs: designs.unwrap_or_else(|| repo.join("designs")),
+            profiles: profiles.unwrap_or_else(|| repo.join("profiles")),
+        };
+        return munifab_coordinator::demo::run(opts, wait_for_signal()).await;
     }
     let settings = Settings::load(cli.config.as_deref(), std::env::vars())
         .context("loading the configuration")?;
@@ -287,6 +329,8 @@ async fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
+        #[cfg(feature = "demo")]
+        Cmd::Demo { .. } => unreachable!("the demo returned above, before any configuration"),
         Cmd::Ledger {
             command: LedgerCmd::Verify,
         } => {
@@ -308,6 +352,16 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(feature = "demo")]
+fn is_demo(cmd: &Cmd) -> bool {
+    matches!(cmd, Cmd::Demo { .. })
+}
+
+#[cfg(not(feature = "demo"))]
+fn is_demo(_: &Cmd) -> bool {
+    false
 }
 
 fn slug<T>(

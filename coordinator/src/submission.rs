@@ -31,16 +31,28 @@ pub enum Refused {
 
 /// Analyses `bytes` (on a blocking thread: a large file takes a while).
 pub async fn analyse(bytes: Vec<u8>) -> Result<Analysed, Refused> {
+    analyse_against(bytes, None).await
+}
+
+/// Analyses `bytes` and, with a machine profile, checks them against its limits too (build
+/// volume, temperatures, spindle, tools): any error refuses the file.
+pub async fn analyse_against(
+    bytes: Vec<u8>,
+    profile: Option<gcode::MachineProfile>,
+) -> Result<Analysed, Refused> {
     if bytes.is_empty() {
         return Err(Refused::Empty);
     }
-    tokio::task::spawn_blocking(move || analyse_now(bytes))
+    tokio::task::spawn_blocking(move || analyse_now(bytes, profile.as_ref()))
         .await
         .expect("the analysis does not panic")
 }
 
-fn analyse_now(bytes: Vec<u8>) -> Result<Analysed, Refused> {
-    let analysis = gcode::analyze_bytes(&bytes, None);
+fn analyse_now(
+    bytes: Vec<u8>,
+    profile: Option<&gcode::MachineProfile>,
+) -> Result<Analysed, Refused> {
+    let analysis = gcode::analyze_bytes(&bytes, profile);
     let findings = analysis.wire_findings();
     if analysis.is_refused() {
         return Err(Refused::Findings(

@@ -589,6 +589,79 @@ async fn a_file_with_error_findings_is_refused_with_them_and_nothing_is_stored()
     assert_eq!(list["total"], 0);
 }
 
+fn upload_for_profile(token: &str, file: &[u8], profile: &str) -> Request<Body> {
+    let mut body = Vec::new();
+    body.extend_from_slice(
+        format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"profile\"\r\n\r\n{profile}\r\n\
+             --{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; \
+             filename=\"hot.gcode\"\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(file);
+    body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    req("POST", "/api/v1/jobs", Some(token))
+        .header(
+            header::CONTENT_TYPE,
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(Body::from(body))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_upload_for_a_machine_profile_is_refused_beyond_its_limits_and_accepted_within() {
+    let h = Harness::new().await;
+    let maker = h.token(Role::Maker, Some("coop-a")).await;
+    let hot = "M82\nM104 S300\nG28\nG1 Z0.3 F600\nG1 X250 Y10 E5 F1200\n";
+    let (status, body) = h.json(upload(Some(&maker), hot.as_bytes(), None)).await;
+    assert_eq!(status, StatusCode::CREATED, "no profile, no limits: {body}");
+
+    let (status, body) = h
+        .json(upload_for_profile(
+            &maker,
+            hot.as_bytes(),
+            "generic-marlin-220",
+        ))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let codes: Vec<&str> = body["error"]["details"]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["code"].as_str().unwrap())
+        .collect();
+    assert!(codes.contains(&"hotend_too_hot"), "{codes:?}");
+    assert!(codes.contains(&"out_of_volume"), "{codes:?}");
+
+    let fine = "M82\nM104 S210\nG28\nG1 Z0.3 F600\nG1 X50 Y10 E5 F1200\n";
+    let (status, body) = h
+        .json(upload_for_profile(
+            &maker,
+            fine.as_bytes(),
+            "generic-marlin-220",
+        ))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    let (status, body) = h
+        .json(upload_for_profile(
+            &maker,
+            fine.as_bytes(),
+            "no-such-printer",
+        ))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("generic-marlin-220"),
+        "{body}"
+    );
+}
+
 #[tokio::test]
 async fn an_upload_over_the_limit_is_413_with_a_clear_error() {
     let h = Harness::new().await;

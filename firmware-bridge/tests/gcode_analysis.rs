@@ -557,19 +557,31 @@ fn requirements_and_summary_carry_the_figures_to_the_wire() {
     assert_eq!((s.lines, s.bytes, s.layers), (a.lines, a.bytes, 2));
     assert_close(s.extrusion_mm, 20.5);
     assert_close(s.material_grams.unwrap(), a.material_grams(1.0));
-    // A header whose density is 0 (the slicer's "unset") weighs the filament by its type.
-    let unset = analyze(
-        "; filament_type = PETG\n; filament_density = 0\nG21\nG90\nM83\nG1 X10 Y10 E100 F600\n",
-    );
-    assert_close(
-        unset.summary(None).material_grams.unwrap(),
-        unset.material_grams(1.27),
-    );
-    let unknown = analyze("; filament_type = UNOBTAINIUM\nM83\nG1 X10 E100 F600\n");
-    assert_eq!(unknown.summary(None).material_grams, None);
     let wire = with("M500\n", "printer").wire_findings();
     assert_eq!(wire[0].code, "forbidden_command");
     assert_eq!((wire[0].line, wire[0].column), (1, 1));
+}
+
+#[test]
+fn a_header_density_of_zero_falls_back_to_the_typical_density_of_the_named_filament() {
+    let file =
+        |header: &str| format!("{header}M82\nG28\nG1 Z0.3 F600\nG1 X10 E10 F1200\nG1 X20 E20\n");
+    let grams = |header: &str| {
+        analyze_bytes(file(header).as_bytes(), None)
+            .summary(None)
+            .material_grams
+    };
+    let expected = std::f64::consts::PI * 0.875 * 0.875 * 20.0 / 1000.0;
+    let zero = grams("; filament_type = PETG\n; filament_density = 0\n").expect("typical PETG");
+    assert_close(zero, expected * 1.27);
+    let stated = grams("; filament_type = PETG\n; filament_density = 1.5\n").expect("stated");
+    assert_close(stated, expected * 1.5);
+    assert_eq!(grams("; filament_type = UNOBTAINIUM\n"), None);
+    assert_eq!(grams(""), None, "no header: no guess");
+    assert_eq!(
+        munifab_firmware_bridge::gcode::typical_density_g_cm3(" pla "),
+        Some(1.24)
+    );
 }
 
 #[test]

@@ -41,6 +41,9 @@ pub struct SubmitForm {
     coop: Option<String>,
     /// Priority, higher first (default 0).
     priority: Option<i64>,
+    /// A machine profile id (`GET /designs` lists the profiles G-code is made for): the
+    /// file is also checked against its limits (build volume, temperatures, spindle).
+    profile: Option<String>,
 }
 
 pub(super) fn refused(r: submission::Refused) -> ApiError {
@@ -110,6 +113,7 @@ pub(super) async fn submit(
     let mut file: Option<(String, Vec<u8>)> = None;
     let mut coop: Option<String> = None;
     let mut priority = 0_i64;
+    let mut profile: Option<String> = None;
     while let Some(mut field) = form.next_field().await.map_err(too_large)? {
         match field.name().unwrap_or_default() {
             "file" => {
@@ -130,9 +134,10 @@ pub(super) async fn submit(
                     ApiError::bad_request(format!("priority must be an integer, not {text:?}"))
                 })?;
             }
+            "profile" => profile = Some(field.text().await.map_err(too_large)?.trim().to_string()),
             other => {
                 return Err(ApiError::bad_request(format!(
-                    "unknown form field {other:?} (file, coop, priority)"
+                    "unknown form field {other:?} (file, coop, priority, profile)"
                 )));
             }
         }
@@ -140,7 +145,10 @@ pub(super) async fn submit(
     let (name, bytes) =
         file.ok_or_else(|| ApiError::bad_request("the form has no `file` field"))?;
     let coop = coop_for(caller.grant(), coop)?;
-    let analysed = submission::analyse(bytes).await.map_err(refused)?;
+    let profile = profile.map(|p| analysis_profile(&st, &p)).transpose()?;
+    let analysed = submission::analyse_against(bytes, profile)
+        .await
+        .map_err(refused)?;
     let sha = st.artifacts.put(&analysed.bytes).await?;
     let job = st
         .store
@@ -163,6 +171,41 @@ pub(super) async fn submit(
         .await?;
     st.kick.notify_one();
     Ok((StatusCode::CREATED, Json(job)))
+}
+
+/// The machine profile `id` of the coordinator's profiles folder, as the analysis reads it.
+fn analysis_profile(
+    st: &AppState,
+    id: &str,
+) -> Result<munifab_firmware_bridge::gcode::MachineProfile, ApiError> {
+    let p = st
+        .profiles
+        .iter()
+        .find(|(k, _)| k.as_str() == id)
+        .map(|(_, p)| p)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "`profile`: no machine profile {id:?} (known: {})",
+                st.profiles
+                    .keys()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+    Ok(munifab_firmware_bridge::gcode::MachineProfile {
+        id: p.id.to_string(),
+        name: p.name.clone(),
+        capabilities: p.capabilities.clone(),
+        motion: munifab_firmware_bridge::gcode::MotionLimits {
+            max_feed_mm_min: p.motion.max_feed_mm_min,
+            max_z_feed_mm_min: p.motion.max_z_feed_mm_min,
+            acceleration_mm_s2: p.motion.acceleration_mm_s2,
+        },
+        power: munifab_firmware_bridge::gcode::Power {
+            watts: p.power.watts,
+        },
+    })
 }
 
 /// Query of a job list.

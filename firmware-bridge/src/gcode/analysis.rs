@@ -10,6 +10,25 @@ use super::slicer::{SlicerInfo, Thumbnail};
 /// Filament diameter assumed when the header does not say, mm.
 pub const DEFAULT_FILAMENT_DIAMETER_MM: f64 = 1.75;
 
+/// Typical density of a filament material, g/cm³, for files whose slicer header names the
+/// material but leaves its density at 0 or out (PrusaSlicer's default profiles do): the
+/// ledger charges material by mass, and 0 g for a printed part would be wrong.
+pub fn typical_density_g_cm3(material: &str) -> Option<f64> {
+    let m = material.trim().to_ascii_uppercase();
+    Some(match m.as_str() {
+        "PLA" => 1.24,
+        "PETG" | "PET" => 1.27,
+        "ABS" => 1.04,
+        "ASA" => 1.07,
+        "TPU" | "FLEX" => 1.21,
+        "PA" | "NYLON" | "PA6" | "PA12" => 1.14,
+        "PC" => 1.20,
+        "HIPS" => 1.04,
+        "PVA" => 1.23,
+        _ => return None,
+    })
+}
+
 /// Everything the analysis learnt about a file.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Analysis {
@@ -159,9 +178,8 @@ impl Analysis {
     }
 
     /// The figures the coordinator sends with an assignment. The mass uses `density_g_cm3`
-    /// when given, else the slicer's filament density when it is positive (slicers write
-    /// `filament_density = 0` when the profile leaves it unset), else the typical density
-    /// of the header's filament type, else none.
+    /// when given, else the slicer's filament density when above 0, else the
+    /// [typical density](typical_density_g_cm3) of the slicer's filament type, else none.
     pub fn summary(&self, density_g_cm3: Option<f64>) -> AnalysisSummary {
         let slicer = self.slicer.as_ref();
         let density = density_g_cm3
@@ -186,25 +204,6 @@ impl Analysis {
             layers: self.layers,
         }
     }
-}
-
-/// Typical density of common filaments, g/cm³ (manufacturers' data sheets agree within a
-/// few percent), for files whose header names the material but not its density.
-pub fn typical_density_g_cm3(filament_type: &str) -> Option<f64> {
-    let t = filament_type.trim().to_ascii_uppercase();
-    let d = match t.as_str() {
-        "PLA" => 1.24,
-        "PETG" | "PET" => 1.27,
-        "ABS" => 1.04,
-        "ASA" => 1.07,
-        "TPU" | "FLEX" => 1.21,
-        "PC" => 1.20,
-        "PA" | "NYLON" => 1.14,
-        "PVA" => 1.23,
-        "HIPS" => 1.04,
-        _ => return None,
-    };
-    Some(d)
 }
 
 /// Running min/max per axis.

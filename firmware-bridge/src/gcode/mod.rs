@@ -25,6 +25,7 @@ mod slicer;
 
 pub use analysis::{
     Analysis, DEFAULT_FILAMENT_DIAMETER_MM, Evidence, LayerHeights, Temperatures, ToolReport,
+    typical_density_g_cm3,
 };
 pub use analyzer::{Analyzer, MAX_LINE_BYTES, analyze_bytes, analyze_reader};
 pub use finding::{Finding, FindingCode, KEPT_PER_CODE};

@@ -1,0 +1,198 @@
+//! A small client of the coordinator's HTTP API, as any user or script would call it:
+//! bearer tokens, JSON bodies, multipart uploads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// The API of one coordinator.
+#[derive(Debug, Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+/// An answer outside 2xx: status and the API's error body.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// The `{"error":{…}}` body (or the text, wrapped).
+    pub body: Value,
+}
+
+impl Refusal {
+    /// `error.code`.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+    /// `error.message`.
+    pub fn message(&self) -> &str {
+        self.body["error"]["message"].as_str().unwrap_or("")
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status, self.code(), self.message())
+    }
+}
+
+const BOUNDARY: &str = "munifab-demo-form-boundary";
+
+impl Api {
+    /// A client of the API at `base` (`http://host:port`).
+    pub fn new(base: &str) -> anyhow::Result<Self> {
+        // Plain http only, but reqwest's rustls backend wants a configuration anyway: the
+        // ring provider (as everywhere in MuniFab) with no trust roots.
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .context("TLS configuration")?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .tls_backend_preconfigured(tls)
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends a request; `Ok(Err(refusal))` for an answer outside 2xx.
+    async fn send(
+        &self,
+        method: Method,
+        token: &str,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> anyhow::Result<Result<Value, Refusal>> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method.clone(), &url).bearer_auth(token);
+        if let Some((content_type, bytes)) = body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(bytes);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("{method} {url}"))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .with_context(|| format!("{method} {url}: reading the answer"))?;
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        if status.is_success() {
+            Ok(Ok(value))
+        } else {
+            Ok(Err(Refusal {
+                status,
+                body: value,
+            }))
+        }
+    }
+
+    /// Sends and expects 2xx, decoding the answer as `T`.
+    async fn expect<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        token: &str,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> anyhow::Result<T> {
+        let what = format!("{method} {path}");
+        let value = self
+            .send(method, token, path, body)
+            .await?
+            .map_err(|r| anyhow::anyhow!("{what}: {r}"))?;
+        serde_json::from_value(value).with_context(|| format!("{what}: unexpected answer"))
+    }
+
+    /// `GET path`.
+    pub async fn get<T: DeserializeOwned>(&self, token: &str, path: &str) -> anyhow::Result<T> {
+        self.expect(Method::GET, token, path, None).await
+    }
+
+    /// `method path` with a JSON body, expecting 2xx.
+    pub async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        token: &str,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<T> {
+        let bytes = serde_json::to_vec(body)?;
+        self.expect(method, token, path, Some(("application/json", bytes)))
+            .await
+    }
+
+    /// `method path` with a JSON body; `Ok(Err(refusal))` for an answer outside 2xx.
+    pub async fn try_json(
+        &self,
+        method: Method,
+        token: &str,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<Result<Value, Refusal>> {
+        let bytes = serde_json::to_vec(body)?;
+        self.send(method, token, path, Some(("application/json", bytes)))
+            .await
+    }
+
+    /// `POST /api/v1/jobs`: uploads a G-code file (with an optional machine profile to check
+    /// it against); `Ok(Err(refusal))` when the coordinator refuses it.
+    pub async fn upload(
+        &self,
+        token: &str,
+        file_name: &str,
+        bytes: &[u8],
+        profile: Option<&str>,
+    ) -> anyhow::Result<Result<Value, Refusal>> {
+        let form = multipart(file_name, bytes, profile);
+        self.send(
+            Method::POST,
+            token,
+            "/api/v1/jobs",
+            Some((&format!("multipart/form-data; boundary={BOUNDARY}"), form)),
+        )
+        .await
+    }
+}
+
+fn multipart(file_name: &str, bytes: &[u8], profile: Option<&str>) -> Vec<u8> {
+    let mut body = Vec::with_capacity(bytes.len() + 512);
+    if let Some(p) = profile {
+        body.extend_from_slice(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"profile\"\r\n\r\n{p}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    body.extend_from_slice(
+        format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{file_name}\"\r\n\
+             Content-Type: text/x-gcode\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
