@@ -80,6 +80,12 @@ pub fn unique() -> String {
 
 /// Polls `probe` every 50 ms until it returns `Ok`; after `within` fails with `what` and
 /// the last `Err` (what the probe saw instead).
+///
+/// The coordinator runs as a separate process and its HTTP API has no push channel, so a
+/// condition on its state (a job's end, a machine's readiness) can only be observed by
+/// asking again; the pause is the interval between questions, never a guess at how long
+/// something takes, and the deadline turns a hang into a failure that names what was
+/// awaited.
 pub async fn eventually<T>(
     what: &str,
     within: Duration,

@@ -179,20 +179,8 @@ fn analysis_profile(
     id: &str,
 ) -> Result<munifab_firmware_bridge::gcode::MachineProfile, ApiError> {
     let p = st
-        .profiles
-        .iter()
-        .find(|(k, _)| k.as_str() == id)
-        .map(|(_, p)| p)
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "`profile`: no machine profile {id:?} (known: {})",
-                st.profiles
-                    .keys()
-                    .map(|k| k.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })?;
+        .profile(id)
+        .map_err(|e| ApiError::bad_request(format!("`profile`: {e}")))?;
     Ok(munifab_firmware_bridge::gcode::MachineProfile {
         id: p.id.to_string(),
         name: p.name.clone(),

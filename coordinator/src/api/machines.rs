@@ -160,22 +160,7 @@ pub(super) async fn set_profile(
     }
     let body: ProfileBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-    let profile = st
-        .profiles
-        .iter()
-        .find(|(id, _)| id.as_str() == body.profile)
-        .map(|(_, p)| p)
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "no machine profile {:?} (known: {})",
-                body.profile,
-                st.profiles
-                    .keys()
-                    .map(|k| k.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })?;
+    let profile = st.profile(&body.profile).map_err(ApiError::not_found)?;
     let watts = profile.power.watts.max(0.0).round() as u64;
     st.store
         .set_machine_profile(&agent, &machine, profile.id.as_str(), watts)

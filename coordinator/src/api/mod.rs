@@ -83,6 +83,18 @@ impl AppState {
     fn now(&self) -> i64 {
         (self.clock)()
     }
+
+    /// The machine profile `id` of the profiles folder; the error names the known ones.
+    fn profile(&self, id: &str) -> Result<&MachineProfile, String> {
+        self.profiles
+            .iter()
+            .find(|(k, _)| k.as_str() == id)
+            .map(|(_, p)| p)
+            .ok_or_else(|| {
+                let known: Vec<&str> = self.profiles.keys().map(|k| k.as_str()).collect();
+                format!("no machine profile {id:?} (known: {})", known.join(", "))
+            })
+    }
 }
 
 /// The whole HTTP application. Tests call it without a server.
