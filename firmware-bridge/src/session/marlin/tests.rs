@@ -57,6 +57,54 @@ fn handshake_waits_for_start_then_resets_line_numbers_and_reads_capabilities() {
 }
 
 #[test]
+fn a_reset_after_a_stale_start_retries_the_lost_hello_without_a_second_one_in_flight() {
+    // The port held a `start` from an earlier boot; opening it reset the board, whose own
+    // `start` arrives after our hello went out and was lost in the reset. The session must
+    // not answer that `start` with a second hello at once: a stale `start` can also arrive
+    // while the firmware is about to answer the first hello, and two hellos answered by two
+    // plain `ok`s would shift every later acknowledgement by one line.
+    let mut h = Harness::new(|now| MarlinSession::new(quiet_config(), now));
+    h.run(
+        "< start
+         > N0 M110 N0*125
+         < start
+         .
+         ~ 1999
+         .
+         ~ 1
+         > N0 M110 N0*125
+         < ok
+         > N1 M115*39
+         < FIRMWARE_NAME:Marlin 2.1.2 PROTOCOL_VERSION:1.0
+         < ok
+         .",
+    );
+    assert!(h.session.is_ready());
+    assert!(matches!(h.take_events().first(), Some(Event::Connected(_))));
+}
+
+#[test]
+fn a_second_stale_start_while_the_hello_is_answered_costs_no_extra_line() {
+    let mut h = Harness::new(|now| MarlinSession::new(quiet_config(), now));
+    h.run(
+        "< start
+         > N0 M110 N0*125
+         < start
+         < ok
+         > N1 M115*39
+         < ok
+         .",
+    );
+    assert!(h.session.is_ready());
+    h.take_events();
+    // The job's first line is numbered straight after the handshake: nothing was sent
+    // twice, so no `ok` is left over to acknowledge it early.
+    h.start_job(&["G28"]);
+    h.run("> N2 G28*?\n.");
+    assert_eq!(h.session.in_flight(), 1);
+}
+
+#[test]
 fn handshake_probes_when_no_start_arrives_and_fails_clearly_after_the_attempts() {
     let mut h = Harness::new(|now| MarlinSession::new(quiet_config(), now));
     h.run(".");
