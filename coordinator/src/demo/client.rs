@@ -1,5 +1,5 @@
 //! A small client of the coordinator's HTTP API, as any user or script would call it:
-//! bearer tokens, JSON bodies, multipart uploads.
+//! bearer tokens, JSON bodies, multipart uploads (reqwest's own form encoding).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,7 +42,12 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-const BOUNDARY: &str = "munifab-demo-form-boundary";
+/// What a request carries.
+enum Body {
+    None,
+    Json(Vec<u8>),
+    Form(reqwest::multipart::Form),
+}
 
 impl Api {
     /// A client of the API at `base` (`http://host:port`).
@@ -78,15 +83,17 @@ impl Api {
         method: Method,
         token: &str,
         path: &str,
-        body: Option<(&str, Vec<u8>)>,
+        body: Body,
     ) -> anyhow::Result<Result<Value, Refusal>> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method.clone(), &url).bearer_auth(token);
-        if let Some((content_type, bytes)) = body {
-            req = req
-                .header(reqwest::header::CONTENT_TYPE, content_type)
-                .body(bytes);
-        }
+        req = match body {
+            Body::None => req,
+            Body::Json(bytes) => req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(bytes),
+            Body::Form(form) => req.multipart(form),
+        };
         let resp = req
             .send()
             .await
@@ -114,7 +121,7 @@ impl Api {
         method: Method,
         token: &str,
         path: &str,
-        body: Option<(&str, Vec<u8>)>,
+        body: Body,
     ) -> anyhow::Result<T> {
         let what = format!("{method} {path}");
         let value = self
@@ -126,7 +133,7 @@ impl Api {
 
     /// `GET path`.
     pub async fn get<T: DeserializeOwned>(&self, token: &str, path: &str) -> anyhow::Result<T> {
-        self.expect(Method::GET, token, path, None).await
+        self.expect(Method::GET, token, path, Body::None).await
     }
 
     /// `method path` with a JSON body, expecting 2xx.
@@ -138,8 +145,7 @@ impl Api {
         body: &Value,
     ) -> anyhow::Result<T> {
         let bytes = serde_json::to_vec(body)?;
-        self.expect(method, token, path, Some(("application/json", bytes)))
-            .await
+        self.expect(method, token, path, Body::Json(bytes)).await
     }
 
     /// `method path` with a JSON body; `Ok(Err(refusal))` for an answer outside 2xx.
@@ -151,8 +157,7 @@ impl Api {
         body: &Value,
     ) -> anyhow::Result<Result<Value, Refusal>> {
         let bytes = serde_json::to_vec(body)?;
-        self.send(method, token, path, Some(("application/json", bytes)))
-            .await
+        self.send(method, token, path, Body::Json(bytes)).await
     }
 
     /// `POST /api/v1/jobs`: uploads a G-code file (with an optional machine profile to check
@@ -164,35 +169,16 @@ impl Api {
         bytes: &[u8],
         profile: Option<&str>,
     ) -> anyhow::Result<Result<Value, Refusal>> {
-        let form = multipart(file_name, bytes, profile);
-        self.send(
-            Method::POST,
-            token,
-            "/api/v1/jobs",
-            Some((&format!("multipart/form-data; boundary={BOUNDARY}"), form)),
-        )
-        .await
+        let file = reqwest::multipart::Part::bytes(bytes.to_vec())
+            .file_name(file_name.to_string())
+            .mime_str("text/x-gcode")
+            .context("the upload's content type")?;
+        let mut form = reqwest::multipart::Form::new();
+        if let Some(p) = profile {
+            form = form.text("profile", p.to_string());
+        }
+        form = form.part("file", file);
+        self.send(Method::POST, token, "/api/v1/jobs", Body::Form(form))
+            .await
     }
-}
-
-fn multipart(file_name: &str, bytes: &[u8], profile: Option<&str>) -> Vec<u8> {
-    let mut body = Vec::with_capacity(bytes.len() + 512);
-    if let Some(p) = profile {
-        body.extend_from_slice(
-            format!(
-                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"profile\"\r\n\r\n{p}\r\n"
-            )
-            .as_bytes(),
-        );
-    }
-    body.extend_from_slice(
-        format!(
-            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{file_name}\"\r\n\
-             Content-Type: text/x-gcode\r\n\r\n"
-        )
-        .as_bytes(),
-    );
-    body.extend_from_slice(bytes);
-    body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
-    body
 }
