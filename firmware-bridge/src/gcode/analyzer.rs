@@ -254,7 +254,9 @@ pub struct Analyzer {
     absolute: bool,
     e_relative: bool,
     arc_absolute: bool,
-    inches: bool,
+    /// Millimetres per file unit: 25.4 after `G20`, 1 after `G21` (kept as a number rather
+    /// than a flag: every coordinate is multiplied by it).
+    scale: f64,
     plane: Plane,
     motion: Option<Motion>,
     feed_mm_min: f64,
@@ -326,7 +328,7 @@ impl Analyzer {
             absolute: true,
             e_relative: false,
             arc_absolute: false,
-            inches: false,
+            scale: 1.0,
             plane: Plane::Xy,
             motion: None,
             feed_mm_min: motion.max_feed_mm_min,
@@ -379,12 +381,11 @@ impl Analyzer {
                 }
             }
         }
+        let mut m = PlainMove::EMPTY;
         while !chunk.is_empty() {
             // Plain moves are read in one pass that also finds the end of the line; a line
             // that runs to the end of the chunk may continue in the next one, so it waits.
-            if let Some(m) = plain_move(chunk, MAX_CODE_BYTES)
-                && m.end < chunk.len()
-            {
+            if plain_move(chunk, MAX_CODE_BYTES, &mut m) && m.end < chunk.len() {
                 self.line_no += 1;
                 self.plain(&m, chunk);
                 chunk = &chunk[m.end + 1..];
@@ -444,7 +445,8 @@ impl Analyzer {
                 format!("line is {full_len} bytes long; only the first {MAX_LINE_BYTES} were analysed and no firmware accepts it")
             });
         }
-        if let Some(m) = plain_move(raw, MAX_CODE_BYTES) {
+        let mut m = PlainMove::EMPTY;
+        if plain_move(raw, MAX_CODE_BYTES, &mut m) {
             self.plain(&m, raw);
             return;
         }
@@ -568,7 +570,7 @@ impl Analyzer {
     }
 
     fn scale(&self) -> f64 {
-        if self.inches { 25.4 } else { 1.0 }
+        self.scale
     }
 
     fn execute(&mut self, cmds: &[Cmd], p: &Params, text_arg: bool) {
@@ -576,8 +578,8 @@ impl Analyzer {
         for c in cmds {
             if c.letter == b'G' {
                 match c.major {
-                    20 => self.inches = true,
-                    21 => self.inches = false,
+                    20 => self.scale = 25.4,
+                    21 => self.scale = 1.0,
                     _ => {}
                 }
             }
