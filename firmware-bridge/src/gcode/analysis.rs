@@ -247,18 +247,9 @@ impl BoundsAcc {
     /// same to the bit, and a bound that grows now and then costs no misprediction.
     #[inline(always)]
     pub(crate) fn add_known_point(&mut self, p: &[f64; 3]) {
-        for axis in 0..3 {
-            let v = p[axis];
-            self.min[axis] = if v < self.min[axis] {
-                v
-            } else {
-                self.min[axis]
-            };
-            self.max[axis] = if v > self.max[axis] {
-                v
-            } else {
-                self.max[axis]
-            };
+        for ((&v, lo), hi) in p.iter().zip(&mut self.min).zip(&mut self.max) {
+            *lo = if v < *lo { v } else { *lo };
+            *hi = if v > *hi { v } else { *hi };
         }
     }
 
