@@ -2,6 +2,10 @@
 //! memory against file size. Prints its figures; asserts nothing about speed.
 //!
 //! `cargo bench -p munifab-firmware-bridge --bench gcode_analysis`
+//!
+//! `MUNIFAB_GCODE_BENCH_MB=N` compares on N MB instead of 64 and skips the memory part;
+//! `MUNIFAB_GCODE_BENCH_ROUNDS=R` runs R rounds instead of 9. Small values suit
+//! `valgrind --tool=callgrind`, whose instruction counts do not depend on the load.
 
 use std::io::Write as _;
 use std::time::Instant;
@@ -118,10 +122,24 @@ fn best_median(mut xs: Vec<f64>) -> (f64, f64) {
     (xs[0], xs[xs.len() / 2])
 }
 
-const ROUNDS: usize = 9;
+/// A whole number from the environment variable `name`, if set.
+fn env_number(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
 
 fn main() {
-    const MB: f64 = 1_000_000.0;
+    let rounds = env_number("MUNIFAB_GCODE_BENCH_ROUNDS").unwrap_or(9).max(1);
+    match env_number("MUNIFAB_GCODE_BENCH_MB") {
+        Some(mb) => compare(mb.max(1) * 1_000_000, rounds),
+        None => {
+            memory();
+            compare(64_000_000, rounds);
+        }
+    }
+}
+
+/// Peak memory while streaming 50 MB and 400 MB.
+fn memory() {
     let hwm_start = vm_hwm_kib();
     let (lines_small, _, _) = stream(50_000_000);
     let hwm_small = vm_hwm_kib();
@@ -132,8 +150,11 @@ fn main() {
     println!(
         "peak memory after streaming 400 MB ({lines_large} lines, {layers_large} layers): {hwm_large} KiB"
     );
+}
 
-    let size = 64_000_000;
+/// Our analysis against the `gcode` crate on `size` bytes held in memory.
+fn compare(size: usize, rounds: usize) {
+    const MB: f64 = 1_000_000.0;
     let mut data = Vec::with_capacity(size + 4096);
     Slicer::new().fill(&mut data, size);
     let text = std::str::from_utf8(&data).expect("generated G-code is ASCII");
@@ -143,7 +164,7 @@ fn main() {
     let (mut ours_wall, mut ours_cpu, mut theirs_wall, mut theirs_cpu, mut ratios) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // Interleaved, so that a busy spell on the machine hits both sides alike.
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         let o = timed(|| {
             let mut a = Analyzer::new();
             for chunk in std::hint::black_box(&data).chunks(1 << 20) {
@@ -172,7 +193,7 @@ fn main() {
         best_median(theirs_cpu),
     );
     ratios.sort_by(f64::total_cmp);
-    println!("{ROUNDS} rounds, MB/s (best / median), by wall time and by CPU time:");
+    println!("{rounds} rounds, MB/s (best / median), by wall time and by CPU time:");
     println!(
         "munifab analysis (full report, one core): wall {:6.1} / {:6.1}   cpu {:6.1} / {:6.1}",
         mb / ow.0,

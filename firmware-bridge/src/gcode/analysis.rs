@@ -242,6 +242,17 @@ impl BoundsAcc {
         }
     }
 
+    /// [`add_point`](Self::add_point) with every axis known, without a branch: `v < min`
+    /// selects as the branch would (a NaN never replaces a bound), so the result is the
+    /// same to the bit, and a bound that grows now and then costs no misprediction.
+    #[inline(always)]
+    pub(crate) fn add_known_point(&mut self, p: &[f64; 3]) {
+        for ((&v, lo), hi) in p.iter().zip(&mut self.min).zip(&mut self.max) {
+            *lo = if v < *lo { v } else { *lo };
+            *hi = if v > *hi { v } else { *hi };
+        }
+    }
+
     pub(crate) fn merge(&mut self, other: &BoundsAcc) {
         for axis in 0..3 {
             self.min[axis] = self.min[axis].min(other.min[axis]);

@@ -254,10 +254,15 @@ pub struct Analyzer {
     absolute: bool,
     e_relative: bool,
     arc_absolute: bool,
-    inches: bool,
+    /// Millimetres per file unit: 25.4 after `G20`, 1 after `G21` (kept as a number rather
+    /// than a flag: every coordinate is multiplied by it).
+    scale: f64,
     plane: Plane,
     motion: Option<Motion>,
     feed_mm_min: f64,
+    /// `feed_mm_min.min(max_feed)`, kept up to date when either changes: the feed changes
+    /// on few lines, and every move needs the limit.
+    feed_limit: f64,
     tool: u32,
     spindle_on: bool,
     spindle_s: f64,
@@ -267,7 +272,9 @@ pub struct Analyzer {
     profile_accel: f64,
     planner: Planner,
     // accumulation
-    tools: Vec<ToolAcc>,
+    /// Every tool a file may name, allocated once: a move reaches its tool's entry without
+    /// a length check. Entries never used are not reported.
+    tools: Box<[ToolAcc; MAX_TOOLS as usize]>,
     extrusion: f64,
     layers: u32,
     layer_z: f64,
@@ -321,10 +328,11 @@ impl Analyzer {
             absolute: true,
             e_relative: false,
             arc_absolute: false,
-            inches: false,
+            scale: 1.0,
             plane: Plane::Xy,
             motion: None,
             feed_mm_min: motion.max_feed_mm_min,
+            feed_limit: motion.max_feed_mm_min,
             tool: 0,
             spindle_on: false,
             spindle_s: 0.0,
@@ -332,7 +340,7 @@ impl Analyzer {
             max_z_feed: motion.max_z_feed_mm_min,
             profile_accel: motion.acceleration_mm_s2,
             planner: Planner::new(motion.acceleration_mm_s2),
-            tools: Vec::new(),
+            tools: Box::new(std::array::from_fn(|_| ToolAcc::default())),
             extrusion: 0.0,
             layers: 0,
             layer_z: f64::NAN,
@@ -373,12 +381,11 @@ impl Analyzer {
                 }
             }
         }
+        let mut m = PlainMove::EMPTY;
         while !chunk.is_empty() {
             // Plain moves are read in one pass that also finds the end of the line; a line
             // that runs to the end of the chunk may continue in the next one, so it waits.
-            if let Some(m) = plain_move(chunk, MAX_CODE_BYTES)
-                && m.end < chunk.len()
-            {
+            if plain_move(chunk, MAX_CODE_BYTES, &mut m) && m.end < chunk.len() {
                 self.line_no += 1;
                 self.plain(&m, chunk);
                 chunk = &chunk[m.end + 1..];
@@ -426,11 +433,7 @@ impl Analyzer {
     }
 
     fn tool_acc(&mut self, tool: u32) -> &mut ToolAcc {
-        let i = tool.min(MAX_TOOLS - 1) as usize;
-        if self.tools.len() <= i {
-            self.tools.resize_with(i + 1, ToolAcc::default);
-        }
-        &mut self.tools[i]
+        &mut self.tools[tool.min(MAX_TOOLS - 1) as usize]
     }
 
     /// One line without its `\n`; `full_len` is its length before any truncation.
@@ -442,7 +445,8 @@ impl Analyzer {
                 format!("line is {full_len} bytes long; only the first {MAX_LINE_BYTES} were analysed and no firmware accepts it")
             });
         }
-        if let Some(m) = plain_move(raw, MAX_CODE_BYTES) {
+        let mut m = PlainMove::EMPTY;
+        if plain_move(raw, MAX_CODE_BYTES, &mut m) {
             self.plain(&m, raw);
             return;
         }
@@ -518,7 +522,7 @@ impl Analyzer {
         }
         let f = m.axes.values[4];
         if m.axes.has(AXIS_F) && f > 0.0 {
-            self.feed_mm_min = f * self.scale();
+            self.set_feed(f * self.scale());
         }
         self.motion = Some(if m.rapid {
             Motion::Rapid
@@ -558,8 +562,15 @@ impl Analyzer {
         }
     }
 
+    /// Sets the modal feed, mm/min.
+    #[inline(always)]
+    fn set_feed(&mut self, feed_mm_min: f64) {
+        self.feed_mm_min = feed_mm_min;
+        self.feed_limit = feed_mm_min.min(self.max_feed);
+    }
+
     fn scale(&self) -> f64 {
-        if self.inches { 25.4 } else { 1.0 }
+        self.scale
     }
 
     fn execute(&mut self, cmds: &[Cmd], p: &Params, text_arg: bool) {
@@ -567,8 +578,8 @@ impl Analyzer {
         for c in cmds {
             if c.letter == b'G' {
                 match c.major {
-                    20 => self.inches = true,
-                    21 => self.inches = false,
+                    20 => self.scale = 25.4,
+                    21 => self.scale = 1.0,
                     _ => {}
                 }
             }
@@ -577,7 +588,7 @@ impl Analyzer {
         if let Some(f) = p.get(b'F')
             && f > 0.0
         {
-            self.feed_mm_min = f * scale;
+            self.set_feed(f * scale);
         }
         let has_m = cmds.iter().any(|c| c.letter == b'M');
         let has_other_m = cmds
@@ -759,6 +770,7 @@ impl Analyzer {
                     && v > 0.0
                 {
                     self.max_feed = self.max_feed.min(v * 60.0);
+                    self.feed_limit = self.feed_mm_min.min(self.max_feed);
                 }
                 if let Some(v) = p.get(b'Z')
                     && v > 0.0
@@ -994,7 +1006,7 @@ impl Analyzer {
         let mut v = if rapid && !f_given {
             self.max_feed
         } else {
-            self.feed_mm_min.min(self.max_feed)
+            self.feed_limit
         };
         if dz.abs() > EPS && length > EPS {
             v = v.min(self.max_z_feed * length / dz.abs());
@@ -1019,7 +1031,7 @@ impl Analyzer {
             let v = self.speed_limit(rapid, m.has(AXIS_F), length, d[2]);
             self.planner.push(length, v, d, d, length2);
         } else if de.abs() > EPS {
-            let v = self.feed_mm_min.min(self.max_feed) / 60.0;
+            let v = self.feed_limit / 60.0;
             self.planner.push(de.abs(), v, [0.0; 3], [0.0; 3], 1.0);
         }
         let xy_moved = d[0].abs() > EPS || d[1].abs() > EPS;
@@ -1169,12 +1181,22 @@ impl Analyzer {
         if chain.is_none_or(|(t, _)| t != tool) {
             acc.all.add_point(&from, &known_before);
         }
-        acc.all.add_point(&to, &known);
+        // After the first moves every axis is known: no per-axis test.
+        let all_known = known[0] & known[1] & known[2];
+        if all_known {
+            acc.all.add_known_point(&to);
+        } else {
+            acc.all.add_point(&to, &known);
+        }
         if work {
             if chain != Some((tool, true)) {
                 acc.work.add_point(&from, &known_before);
             }
-            acc.work.add_point(&to, &known);
+            if all_known {
+                acc.work.add_known_point(&to);
+            } else {
+                acc.work.add_point(&to, &known);
+            }
         }
         if let Some(ext) = extents {
             for pt in ext {

@@ -83,6 +83,17 @@ fn trapezoid(
     }
 }
 
+/// `a.min(b)` for a `b` that is never NaN, and never a zero when `a` is one: then the
+/// same value as [`f64::min`], to the bit, in one `minsd` instead of a NaN-aware blend
+/// of five instructions (`a < b` is false for a NaN `a`, which selects `b`, as `min`
+/// does). In the planner `b` is a squared speed that includes `2·a·length`, positive and
+/// never NaN (lengths and accelerations reaching it are positive numbers).
+#[inline(always)]
+fn min_of_numbers(a: f64, b: f64) -> f64 {
+    debug_assert!(!b.is_nan());
+    if a < b { a } else { b }
+}
+
 /// One move waiting for the next to know its exit speed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Pending {
@@ -114,6 +125,20 @@ struct Planned {
 }
 
 impl Planned {
+    /// No move: every field zero, so that [`seconds`](Self::seconds) is exactly +0.0 (all
+    /// products are `0 × 0`, the square root is of zero, and the cruise shape is chosen).
+    const NONE: Planned = Planned {
+        length: 0.0,
+        entry: 0.0,
+        entry2: 0.0,
+        exit: 0.0,
+        exit2: 0.0,
+        vmax: 0.0,
+        inv_vmax: 0.0,
+        accel: 0.0,
+        inv_accel: 0.0,
+    };
+
     #[inline(always)]
     fn seconds(&self) -> f64 {
         trapezoid(
@@ -141,7 +166,9 @@ pub(crate) struct Planner {
     /// The move before it, timed only when the next move arrives: its inputs are ready
     /// by then, so timing it does not wait for the new move's arithmetic. The sum is
     /// taken in the same order as timing each move at once would.
-    planned: Option<Planned>,
+    /// [`Planned::NONE`] when there is none: it times to exactly +0.0, and adding that
+    /// changes no sum, so the move can be timed without a test.
+    planned: Planned,
     /// The last speed limit seen and its reciprocal: most moves share their feed.
     last_vmax: f64,
     last_inv_vmax: f64,
@@ -164,7 +191,7 @@ impl Planner {
                 norm2: 1.0,
             },
             has_pending: false,
-            planned: None,
+            planned: Planned::NONE,
             last_vmax: 1.0,
             last_inv_vmax: 1.0,
             seconds: 0.0,
@@ -199,9 +226,7 @@ impl Planner {
             self.last_inv_vmax = 1.0 / vmax;
         }
         let inv_vmax = self.last_inv_vmax;
-        if let Some(planned) = self.planned.take() {
-            self.seconds += planned.seconds();
-        }
+        self.seconds += self.planned.seconds();
         let a = self.accel;
         let stoppable2 = 2.0 * a * length;
         let (entry, entry2) = if self.has_pending {
@@ -217,9 +242,9 @@ impl Planner {
             let vmin = prev.vmax.min(vmax);
             let cos = dot.max(0.0);
             let angle2 = vmin * vmin * (cos * cos / (prev.norm2 * norm2));
-            let junction2 = angle2.min(stoppable2).min(prev.reachable2);
+            let junction2 = min_of_numbers(min_of_numbers(angle2, stoppable2), prev.reachable2);
             let junction = junction2.sqrt();
-            self.planned = Some(Planned {
+            self.planned = Planned {
                 length: prev.length,
                 entry: prev.entry,
                 entry2: prev.entry2,
@@ -229,9 +254,10 @@ impl Planner {
                 inv_vmax: prev.inv_vmax,
                 accel: a,
                 inv_accel: self.inv_accel,
-            });
+            };
             (junction, junction2)
         } else {
+            self.planned = Planned::NONE;
             (0.0, 0.0)
         };
         self.pending = Pending {
@@ -249,9 +275,8 @@ impl Planner {
 
     /// Brings the machine to rest (a dwell, a heat-up wait, the end of the file).
     pub(crate) fn stop(&mut self) {
-        if let Some(planned) = self.planned.take() {
-            self.seconds += planned.seconds();
-        }
+        self.seconds += self.planned.seconds();
+        self.planned = Planned::NONE;
         if self.has_pending {
             let prev = self.pending;
             self.has_pending = false;
@@ -327,6 +352,11 @@ mod tests {
         // 0.1 s up, 0.1 s down, 9 mm at 10 mm/s: 1.1 s; then 1.01 s as in the test above.
         let t = p.finish();
         assert!((t - 2.11).abs() < 1e-12, "{t}");
+    }
+
+    #[test]
+    fn no_planned_move_takes_no_time() {
+        assert_eq!(Planned::NONE.seconds().to_bits(), 0.0f64.to_bits());
     }
 
     #[test]
