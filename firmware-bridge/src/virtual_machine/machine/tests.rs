@@ -249,13 +249,17 @@ enum Streamed {
 /// A host that keeps one line in flight, honours `Resend:` and resends on a timeout. It
 /// takes only `ok N<its line>` as the answer: after an RX discard, the tail of a cut line
 /// runs as an unknown command whose plain `ok` must not be mistaken for the line's.
-/// `Resend:` for the line after the last one sent means its `ok` was lost.
+/// `Resend:` for the line after the last one sent means its `ok` was lost, but only when the
+/// error before it agrees (`Last Line: <that line>`): one flipped bit turns `Resend: 24` into
+/// `Resend: 25`, and believing that alone would skip a line that never ran.
 fn stream_one_line_at_a_time(line: &mut Line, job: &[String]) -> Streamed {
     let mut current = 1;
     let mut highest_sent = 0;
     let mut deadline: Option<Instant> = None;
     let mut pending = String::new();
     let mut beyond = 0;
+    // `Last Line: N` of the latest error line, which Marlin prints before its `Resend:`.
+    let mut last_line: Option<usize> = None;
     for _ in 0..1_000_000 {
         if current > job.len() {
             return Streamed::Complete;
@@ -279,10 +283,14 @@ fn stream_one_line_at_a_time(line: &mut Line, job: &[String]) -> Streamed {
             if reply.starts_with(&format!("ok N{current} ")) {
                 current += 1;
                 deadline = None;
+            } else if let Some((_, n)) = reply.rsplit_once("Last Line: ") {
+                last_line = n.trim().parse().ok();
             } else if let Some(rest) = reply.strip_prefix("Resend:")
                 && let Ok(asked) = rest.trim().parse::<usize>()
             {
-                if (1..=highest_sent + 1).contains(&asked) {
+                let confirmed = last_line.take();
+                let lost_ok = asked == highest_sent + 1 && confirmed == Some(highest_sent);
+                if (1..=highest_sent).contains(&asked) || lost_ok {
                     current = asked;
                     deadline = None;
                 } else if asked > highest_sent + 1 {
