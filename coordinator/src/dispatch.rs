@@ -3,6 +3,12 @@
 //! assignment one transaction with its `assign` command in the outbox), publishes the
 //! outbox, re-sends an agent's pending commands whenever it comes online, and expires
 //! jobs whose agent stayed offline beyond the grace period.
+//!
+//! Placement plans over a picture of the free fleet kept between passes
+//! ([`picture`]), refreshed from the store's change notes: a pass reads the queue and
+//! whatever changed since the last pass, not the whole fleet.
+
+mod picture;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,11 +24,19 @@ use crate::mqtt::ingest::{Ingested, ingest};
 use crate::mqtt::link::LinkEvent;
 use crate::scheduler;
 use crate::store::{EventOutcome, LostPolicy, QueuedCommand, Store, StoreError};
+use picture::{Picture, REBUILD_EVERY};
 
 /// Machine time used in this window counts towards a cooperative's fair share.
 const FAIR_SHARE_WINDOW: time::Duration = time::Duration::days(7);
 /// Queued jobs one plan considers at most.
 const SNAPSHOT_JOBS: u32 = 5000;
+/// Plans per pass at most: when placements from the picture are refused (another
+/// replica took the machine, or it changed unnoticed), the refused machines are read
+/// again and the rest of the queue planned again at once, rather than at the next wake-up.
+const PLAN_ROUNDS: usize = 3;
+/// Agent messages already waiting that are ingested before one placement pass, rather
+/// than a pass after each (a kick — a new job — cuts the batch short).
+const INGEST_BATCH: usize = 64;
 
 /// Dispatch policy.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +60,8 @@ pub struct Dispatcher {
     metrics: Arc<Metrics>,
     clock: Clock,
     settings: DispatchSettings,
+    /// The fleet picture; the lock also keeps two passes of this dispatcher apart.
+    picture: tokio::sync::Mutex<Picture>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -66,6 +82,7 @@ impl Dispatcher {
         settings: DispatchSettings,
     ) -> Self {
         Self {
+            picture: tokio::sync::Mutex::new(Picture::new(&store)),
             store,
             client,
             metrics,
@@ -88,25 +105,83 @@ impl Dispatcher {
         let mut tick = tokio::time::interval(self.settings.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Biased: a kick (a job queued, a machine confirmed) is served before agent
+            // messages waiting in the channel, so a burst of reports does not delay a new
+            // job; kicks coalesce, so they cannot starve the messages.
             let work = tokio::select! {
+                biased;
                 () = shutdown.cancelled() => break,
+                () = kick.notified() => Ok(Pass::Placement),
+                _ = tick.tick() => self.on_tick().await.map(|()| Pass::Sweep),
                 ev = inbound.recv() => match ev {
                     None => break,
-                    Some(LinkEvent::Connected) => self.resend_to_online_agents().await.map(|()| true),
-                    Some(LinkEvent::Message { topic, payload }) => self.on_message(&topic, &payload).await,
+                    Some(ev) => self.on_link_event(ev, &mut inbound, &kick).await,
                 },
-                () = kick.notified() => Ok(true),
-                _ = tick.tick() => self.expire_lost().await.map(|()| true),
             };
             let result = match work {
-                Ok(true) => self.dispatch().await,
-                other => other.map(|_| ()),
+                Ok(Pass::Placement) => self.pass(false).await,
+                Ok(Pass::Sweep) => self.pass(true).await,
+                Ok(Pass::None) => Ok(()),
+                Err(e) => Err(e),
             };
             if let Err(e) = result {
                 tracing::error!(error = %e, "dispatcher step failed; continuing");
             }
         }
         tracing::info!("dispatcher stopped");
+    }
+
+    /// Expires lost jobs, and rebuilds the fleet picture when it is due (here rather than
+    /// in a pass a new job waits for).
+    async fn on_tick(&self) -> Result<(), StoreError> {
+        self.expire_lost().await?;
+        let mut picture = self.picture.lock().await;
+        if picture.older_than(REBUILD_EVERY) {
+            picture
+                .refresh(&self.store, self.now(), FAIR_SHARE_WINDOW, REBUILD_EVERY)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Handles one link event and the messages already waiting behind it (up to
+    /// [`INGEST_BATCH`], fewer when a kick arrives); returns which pass should follow.
+    async fn on_link_event(
+        &self,
+        first: LinkEvent,
+        inbound: &mut mpsc::Receiver<LinkEvent>,
+        kick: &Notify,
+    ) -> Result<Pass, StoreError> {
+        let mut pass = Pass::None;
+        let mut next = Some(first);
+        let mut handled = 0;
+        while let Some(ev) = next.take() {
+            let step = match ev {
+                LinkEvent::Connected => {
+                    // Reconnected: whatever happened while the link was down is read anew.
+                    self.picture.lock().await.invalidate();
+                    self.resend_to_online_agents().await.map(|()| Pass::Sweep)
+                }
+                LinkEvent::Message { topic, payload } => self
+                    .on_message(&topic, &payload)
+                    .await
+                    .map(|place| if place { Pass::Placement } else { Pass::None }),
+            };
+            match step {
+                Ok(p) => pass = pass.max(p),
+                Err(e) => tracing::error!(error = %e, "dispatcher step failed; continuing"),
+            }
+            handled += 1;
+            if handled >= INGEST_BATCH {
+                break;
+            }
+            if kicked(kick).await {
+                pass = pass.max(Pass::Placement);
+                break;
+            }
+            next = inbound.try_recv().ok();
+        }
+        Ok(pass)
     }
 
     /// Handles one agent message; returns whether placement should run.
@@ -157,65 +232,102 @@ impl Dispatcher {
         }
     }
 
-    /// Places queued jobs with the cooperative scheduler ([`crate::scheduler::plan`] over a
-    /// snapshot of the store) and publishes whatever the outbox holds for online agents.
+    /// Places queued jobs with the cooperative scheduler ([`crate::scheduler::plan`] over the
+    /// dispatcher's picture of the fleet, brought up to date from the store) and publishes
+    /// whatever the outbox holds for online agents.
     pub async fn dispatch(&self) -> Result<(), StoreError> {
-        let now = self.now();
+        self.pass(true).await
+    }
+
+    /// One placement pass; `sweep`: publish every unsent command of online agents, not
+    /// only when the store noted new ones (the tick does, for commands whose publication
+    /// failed and for other writers).
+    async fn pass(&self, sweep: bool) -> Result<(), StoreError> {
+        let mut picture = self.picture.lock().await;
         let started = Instant::now();
-        let queue = self.store.queued_jobs(SNAPSHOT_JOBS).await?;
-        // Most passes (telemetry, state reports) find nothing queued: no snapshot then.
-        if !queue.is_empty() {
+        let mut queue = self.store.queued_jobs(SNAPSHOT_JOBS).await?;
+        // Most passes (telemetry, state reports) find nothing queued: no picture then.
+        for round in 0..PLAN_ROUNDS {
+            if queue.is_empty() {
+                break;
+            }
+            let now = self.now();
+            let round_started = Instant::now();
             let queued = queue.len();
-            let read_queue = started.elapsed();
+            let read_queue = if round == 0 {
+                round_started - started
+            } else {
+                Duration::ZERO
+            };
             let queued_ms: std::collections::HashMap<_, _> =
                 queue.iter().map(|j| (j.id, j.queued_ms)).collect();
-            let snapshot = self
-                .store
-                .scheduler_snapshot_of(queue, now, FAIR_SHARE_WINDOW)
+            // A picture this old is rebuilt here only if the tick could not do it.
+            let refreshed = picture
+                .refresh(&self.store, now, FAIR_SHARE_WINDOW, 2 * REBUILD_EVERY)
                 .await?;
+            let snapshot = picture.snapshot(&queue);
             let machines = snapshot.machines.len();
-            let snapshotted = started.elapsed();
+            let snapshotted = round_started.elapsed();
             let at = time::OffsetDateTime::from_unix_timestamp(now.div_euclid(1000))
                 .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
             let plan = scheduler::plan(&snapshot, at);
-            let planned = started.elapsed();
+            picture.put_back(snapshot);
+            let planned = round_started.elapsed();
             let placed = plan.len();
+            let mut refused = 0;
             for a in plan {
                 let queued = queued_ms.get(&a.job).copied().flatten();
-                self.assign(&a, queued).await?;
+                if !self.assign(&a, queued).await? {
+                    picture.stale(&a.machine);
+                    refused += 1;
+                }
             }
             tracing::debug!(
+                round,
                 queued,
                 machines,
                 placed,
+                refused,
+                rebuilt = refreshed.rebuilt,
+                reread = refreshed.reread,
+                inputs = refreshed.inputs,
                 queue_us = read_queue.as_micros() as u64,
-                snapshot_us = (snapshotted - read_queue).as_micros() as u64,
+                snapshot_us = snapshotted.as_micros() as u64,
                 plan_us = (planned - snapshotted).as_micros() as u64,
-                assign_publish_us = (started.elapsed() - planned).as_micros() as u64,
+                assign_publish_us = (round_started.elapsed() - planned).as_micros() as u64,
                 "dispatch pass"
             );
+            if refused == 0 {
+                break;
+            }
+            queue = self.store.queued_jobs(SNAPSHOT_JOBS).await?;
         }
-        for agent in self.store.agents_with_unsent_commands().await? {
-            for cmd in self.store.unsent_commands(&agent).await? {
-                self.publish(&cmd).await?;
+        let noted = picture.take_outbox();
+        drop(picture);
+        if sweep || noted {
+            for agent in self.store.agents_with_unsent_commands().await? {
+                for cmd in self.store.unsent_commands(&agent).await? {
+                    self.publish(&cmd).await?;
+                }
             }
         }
         Ok(())
     }
 
-    /// Assigns one placement and publishes its command.
+    /// Assigns one placement and publishes its command; false when the placement was
+    /// refused (the picture was outdated).
     async fn assign(
         &self,
         a: &scheduler::Assignment,
         queued_ms: Option<i64>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let now = self.now();
         let base = self.settings.public_url.trim_end_matches('/').to_string();
         let (agent, machine) = (&a.machine.agent, &a.machine.machine);
         let started = Instant::now();
         let assigned = self
             .store
-            .assign_job_in_pool(a.job, agent, machine, Some(a.pool.as_str()), now, |job| {
+            .place_job(a.job, agent, machine, a.pool.as_str(), now, |job| {
                 Message::stamped(Command::Assign(Assign {
                     job: job.id,
                     epoch: job.epoch,
@@ -233,14 +345,16 @@ impl Dispatcher {
         let (job, cmd) = match assigned {
             Ok(x) => x,
             // Someone else moved it or took the machine first (cancelled meanwhile, another
-            // replica, a placement from an outdated snapshot): the next pass sees the change.
+            // replica), or the machine changed since the picture was read: the caller reads
+            // it again.
             Err(
-                StoreError::Conflict(_)
+                e @ (StoreError::Conflict(_)
                 | StoreError::IllegalMove(_)
-                | StoreError::MachineBusy { .. },
+                | StoreError::MachineBusy { .. }
+                | StoreError::MachineUnavailable { .. }),
             ) => {
-                tracing::debug!(job = %a.job, %agent, %machine, "placement overtaken; skipped");
-                return Ok(());
+                tracing::debug!(job = %a.job, %agent, %machine, error = %e, "placement overtaken; skipped");
+                return Ok(false);
             }
             Err(e) => return Err(e),
         };
@@ -254,7 +368,7 @@ impl Dispatcher {
             publish_us = (started.elapsed() - stored).as_micros() as u64,
             "assigned"
         );
-        Ok(())
+        Ok(true)
     }
 
     async fn resend(&self, agent: &AgentId) -> Result<(), StoreError> {
@@ -311,5 +425,25 @@ impl Dispatcher {
         }
         self.metrics.mqtt_out();
         self.store.mark_sent(cmd.id, self.now()).await
+    }
+}
+
+/// What follows a step of the run loop (ordered: a sweep includes placement).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Pass {
+    /// Nothing to place.
+    None,
+    /// Place queued jobs; publish commands the store noted.
+    Placement,
+    /// Place, and publish every unsent command.
+    Sweep,
+}
+
+/// Consumes a pending kick without waiting for one.
+async fn kicked(kick: &Notify) -> bool {
+    tokio::select! {
+        biased;
+        () = kick.notified() => true,
+        () = std::future::ready(()) => false,
     }
 }

@@ -1121,3 +1121,163 @@ async fn two_dispatchers_racing_over_one_queue_assign_each_job_once_and_each_mac
         second.close().await;
     }
 }
+
+/// The jobs of `ids` still queued, and the machines the others went to.
+async fn where_they_went(
+    s: &munifab_coordinator::store::Store,
+    ids: &[munifab_protocol::JobId],
+) -> (usize, Vec<String>) {
+    let mut queued = 0;
+    let mut machines = Vec::new();
+    for id in ids {
+        let job = s.job(*id).await.unwrap();
+        match job.state {
+            JobState::Queued => queued += 1,
+            JobState::Assigned => {
+                machines.push(format!("{}/{}", job.agent.unwrap(), job.machine.unwrap()))
+            }
+            other => panic!("job {id} is {other}"),
+        }
+    }
+    machines.sort();
+    (queued, machines)
+}
+
+#[tokio::test]
+async fn the_dispatchers_kept_picture_follows_changes_made_through_its_store() {
+    for db in each_db().await {
+        let s = &db.store;
+        for a in ["lab-a", "lab-b", "lab-c", "lab-d"] {
+            online_ready_machine(s, a, "mk3").await;
+        }
+        // A CNC job no machine here can take makes the dispatcher build its picture of the
+        // four free printers, and stays queued.
+        s.submit_job(cnc_job("coop-a"), 100).await.unwrap();
+        let (d, _loop) = dispatcher(s, 1_000_000);
+        d.dispatch().await.unwrap();
+
+        // Between passes: lab-a's agent goes offline, lab-b's printer reports busy, lab-c's
+        // ends a job (assigned and completed beside the dispatcher) and waits for a person.
+        s.set_agent_status(&agent("lab-a"), &offline(), 200)
+            .await
+            .unwrap();
+        s.set_machine_state(
+            &agent("lab-b"),
+            &machine_state("mk3", MachineStatus::Busy),
+            200,
+        )
+        .await
+        .unwrap();
+        run_job(s, "coop-a", "lab-c", "mk3", 300, 1_000, End::Completed).await;
+        let jobs: Vec<_> = [
+            s.submit_job(new_job("coop-a"), 5_000).await.unwrap().id,
+            s.submit_job(new_job("coop-a"), 5_001).await.unwrap().id,
+        ]
+        .to_vec();
+        d.dispatch().await.unwrap();
+        assert_eq!(
+            where_they_went(s, &jobs).await,
+            (1, vec!["lab-d/mk3".to_string()]),
+            "{}",
+            db.name
+        );
+
+        // A machine confirmed by its operator, and one never seen before, are placed on
+        // without a new dispatcher.
+        s.confirm_ready(&agent("lab-c"), &machine("mk3"), false, "op", 6_000)
+            .await
+            .unwrap();
+        d.dispatch().await.unwrap();
+        assert_eq!(
+            where_they_went(s, &jobs).await,
+            (0, vec!["lab-c/mk3".to_string(), "lab-d/mk3".to_string()]),
+            "{}",
+            db.name
+        );
+        online_ready_machine(s, "lab-e", "mk3").await;
+        let third = s.submit_job(new_job("coop-a"), 7_000).await.unwrap().id;
+        d.dispatch().await.unwrap();
+        assert_eq!(
+            where_they_went(s, &[third]).await,
+            (0, vec!["lab-e/mk3".to_string()]),
+            "{}",
+            db.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_picture_outdated_by_another_writer_never_places_on_a_machine_that_cannot_take_the_job() {
+    for (url, _dir) in common::each_db_url().await {
+        let s = munifab_coordinator::store::Store::connect(&url)
+            .await
+            .unwrap();
+        s.migrate().await.unwrap();
+        // Another replica on the same database: its writes leave no note for `s`'s watchers.
+        let other = munifab_coordinator::store::Store::connect(&url)
+            .await
+            .unwrap();
+        for a in ["lab-a", "lab-b", "lab-c", "lab-d"] {
+            online_ready_machine(&s, a, "mk3").await;
+        }
+        s.submit_job(cnc_job("coop-a"), 100).await.unwrap();
+        let (d, _loop) = dispatcher(&s, 1_000_000);
+        d.dispatch().await.unwrap();
+
+        // Unseen by the dispatcher: lab-a offline, lab-b busy, lab-c ran a job and waits for
+        // a person, lab-d took a job of the other replica's.
+        other
+            .set_agent_status(&agent("lab-a"), &offline(), 200)
+            .await
+            .unwrap();
+        other
+            .set_machine_state(
+                &agent("lab-b"),
+                &machine_state("mk3", MachineStatus::Busy),
+                200,
+            )
+            .await
+            .unwrap();
+        run_job(&other, "coop-a", "lab-c", "mk3", 300, 1_000, End::Completed).await;
+        let theirs = other.submit_job(new_job("coop-b"), 400).await.unwrap();
+        other
+            .assign_job(
+                theirs.id,
+                &agent("lab-d"),
+                &machine("mk3"),
+                500,
+                assign_command,
+            )
+            .await
+            .unwrap();
+
+        let ours: Vec<_> = [
+            s.submit_job(new_job("coop-a"), 5_000).await.unwrap().id,
+            s.submit_job(new_job("coop-a"), 5_001).await.unwrap().id,
+        ]
+        .to_vec();
+        d.dispatch().await.unwrap();
+        assert_eq!(where_they_went(&s, &ours).await, (2, vec![]), "{url}");
+        for a in ["lab-a", "lab-b", "lab-c"] {
+            assert!(
+                s.pending_commands(&agent(a)).await.unwrap().is_empty(),
+                "{url}: {a} got a command"
+            );
+        }
+        assert_eq!(s.pending_commands(&agent("lab-d")).await.unwrap().len(), 1);
+
+        // The refused machines were read again, and a change made through this store is
+        // still followed: the operator's confirmation of lab-c gets it a job.
+        s.confirm_ready(&agent("lab-c"), &machine("mk3"), false, "op", 700)
+            .await
+            .unwrap();
+        d.dispatch().await.unwrap();
+        assert_eq!(
+            where_they_went(&s, &ours).await,
+            (1, vec!["lab-c/mk3".to_string()]),
+            "{url}"
+        );
+        s.close().await;
+        other.close().await;
+    }
+}

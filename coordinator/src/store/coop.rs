@@ -137,6 +137,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        self.note_with(|c| c.plan_inputs = true);
         Ok(())
     }
 
@@ -187,6 +188,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        self.note_with(|c| c.plan_inputs = true);
         Ok(())
     }
 
@@ -261,6 +263,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        self.note_with(|c| c.plan_inputs = true);
         Ok(())
     }
 
@@ -340,6 +343,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        self.note_with(|c| c.plan_inputs = true);
         Ok(())
     }
 
@@ -440,6 +444,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        self.note_with(|c| c.machine(agent, machine, super::MachineChange::Reread));
         Ok(())
     }
 
@@ -468,37 +473,26 @@ impl Store {
         now_ms: i64,
         window: time::Duration,
     ) -> Result<Snapshot, StoreError> {
-        let now = at_ms(now_ms)?;
-        let unknown = SiteId::new(super::ledger::UNKNOWN_SITE).expect("a valid id");
-        let mut sites: BTreeMap<SiteId, Site> = BTreeMap::new();
-        for s in self.list_sites().await? {
-            let id = SiteId::new(s.id).map_err(|e| corrupt("sites.id", e))?;
-            sites.insert(
-                id.clone(),
-                Site {
-                    id,
-                    region: RegionId::new(s.region).map_err(|e| corrupt("sites.region", e))?,
-                    location: GeoPoint {
-                        lat_deg: s.lat,
-                        lon_deg: s.lon,
-                    },
-                },
-            );
-        }
-        let need_site = |id: &SiteId, sites: &mut BTreeMap<SiteId, Site>| {
-            sites.entry(id.clone()).or_insert_with(|| Site {
-                id: id.clone(),
-                region: RegionId::new("unknown").expect("a valid id"),
-                location: GeoPoint {
-                    lat_deg: 0.0,
-                    lon_deg: 0.0,
-                },
-            });
-        };
+        let machines = self.free_machine_snapshots(None).await?;
+        let inputs = self.plan_inputs(now_ms, window).await?;
+        Ok(inputs.snapshot(&queue, machines))
+    }
 
-        // Only machines the plan could use (it drops offline, busy and unconfirmed ones
-        // first): a pass costs what the free part of the fleet costs, not the whole fleet.
-        let rows = sqlx::query(
+    /// The machines that could take a job now, as the scheduler sees them: agent online,
+    /// reported `ready`, not waiting for a person, no job of ours on them (the plan drops
+    /// offline, busy and unconfirmed machines first, so a pass costs what the free part of
+    /// the fleet costs). `only`: the machines of one agent, or one machine — the same rule,
+    /// to refresh part of a picture kept between passes.
+    pub async fn free_machine_snapshots(
+        &self,
+        only: Option<(&AgentId, Option<&MachineId>)>,
+    ) -> Result<Vec<MachineSnapshot>, StoreError> {
+        let filter = match only {
+            None => "",
+            Some((_, None)) => " AND m.agent = $1",
+            Some((_, Some(_))) => " AND m.agent = $1 AND m.machine = $2",
+        };
+        let sql = format!(
             "SELECT m.agent AS agent, m.machine AS machine, m.state AS state, \
              m.capabilities AS capabilities, m.readiness AS readiness, a.site AS site, \
              a.online AS online, \
@@ -509,11 +503,18 @@ impl Store {
              AND (m.readiness IS NULL OR m.readiness <> 'needs_attention') \
              AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.agent = m.agent \
               AND j.machine = m.machine \
-              AND j.state IN ('assigned','accepted','transferring','running','paused')) \
-             ORDER BY m.agent, m.machine",
-        )
-        .fetch_all(self.pool())
-        .await?;
+              AND j.state IN ('assigned','accepted','transferring','running','paused')){filter} \
+             ORDER BY m.agent, m.machine"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        if let Some((agent, machine)) = only {
+            q = q.bind(agent.to_string());
+            if let Some(m) = machine {
+                q = q.bind(m.to_string());
+            }
+        }
+        let rows = q.fetch_all(self.pool()).await?;
+        let unknown = SiteId::new(super::ledger::UNKNOWN_SITE).expect("a valid id");
         let mut machines = Vec::with_capacity(rows.len());
         for r in &rows {
             let agent: String = r.try_get("agent")?;
@@ -538,7 +539,6 @@ impl Store {
             let site = site
                 .and_then(|s| SiteId::new(s).ok())
                 .unwrap_or(unknown.clone());
-            need_site(&site, &mut sites);
             let last_end: Option<i64> = r.try_get("last_end")?;
             machines.push(MachineSnapshot {
                 key,
@@ -552,30 +552,30 @@ impl Store {
                 busy: false,
             });
         }
+        Ok(machines)
+    }
 
-        let mut jobs = Vec::new();
-        let mut running_estimates: BTreeMap<CoopId, u64> = BTreeMap::new();
-        for job in queue {
-            let Ok(cooperative) = CoopId::new(job.coop.clone()) else {
-                continue;
-            };
-            let delivery_site = job
-                .delivery_site
-                .as_ref()
-                .and_then(|s| SiteId::new(s.as_str()).ok())
-                .unwrap_or(unknown.clone());
-            need_site(&delivery_site, &mut sites);
-            jobs.push(QueuedJob {
-                id: job.id,
-                cooperative,
-                requirements: job.requirements.clone(),
-                priority: job.priority.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32,
-                submitted_at: at_ms(job.created_ms)?,
-                estimated_machine_seconds: job.analysis.estimated_seconds.max(0.0).ceil() as u64,
-                delivery_site,
-                excluded_machines: job.excluded.iter().filter_map(|x| x.parse().ok()).collect(),
+    /// The scheduler's inputs besides the queue and the machines: configured sites and
+    /// pools, ledger use in the fair-share `window` and in each quota's current period, and
+    /// the estimates of the jobs on machines now.
+    pub async fn plan_inputs(
+        &self,
+        now_ms: i64,
+        window: time::Duration,
+    ) -> Result<PlanInputs, StoreError> {
+        let now = at_ms(now_ms)?;
+        let mut sites = Vec::new();
+        for s in self.list_sites().await? {
+            sites.push(Site {
+                id: SiteId::new(s.id).map_err(|e| corrupt("sites.id", e))?,
+                region: RegionId::new(s.region).map_err(|e| corrupt("sites.region", e))?,
+                location: GeoPoint {
+                    lat_deg: s.lat,
+                    lon_deg: s.lon,
+                },
             });
         }
+
         // The database sums the estimates (each rounded up to whole seconds, as the ledger
         // counts) per cooperative: one row per cooperative, not one per running job.
         let estimate = match self.backend() {
@@ -594,6 +594,7 @@ impl Store {
             }
             super::Backend::Postgres => format!("CEIL({estimate})"),
         };
+        let mut running: BTreeMap<CoopId, u64> = BTreeMap::new();
         for r in sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT coop, CAST(SUM({rounded_up}) AS BIGINT) AS estimate FROM jobs \
              WHERE state IN ('assigned','accepted','transferring','running','paused') \
@@ -605,7 +606,7 @@ impl Store {
             let coop: String = r.try_get("coop")?;
             let estimate: i64 = r.try_get("estimate")?;
             if let Ok(c) = CoopId::new(coop) {
-                *running_estimates.entry(c).or_default() += estimate.max(0) as u64;
+                *running.entry(c).or_default() += estimate.max(0) as u64;
             }
         }
 
@@ -626,34 +627,13 @@ impl Store {
                     .collect(),
             });
         }
-        if pools.is_empty() {
-            let coops: BTreeSet<CoopId> = jobs
-                .iter()
-                .map(|j| j.cooperative.clone())
-                .chain(running_estimates.keys().cloned())
-                .collect();
-            pools.push(Pool {
-                id: PoolId::new(super::ledger::DEFAULT_POOL).expect("a valid id"),
-                machines: machines.iter().map(|m| m.key.clone()).collect(),
-                members: coops
-                    .into_iter()
-                    .map(|cooperative| PoolMember {
-                        cooperative,
-                        weight: 1,
-                    })
-                    .collect(),
-            });
-        }
 
         let since = now - window;
-        let mut usage: BTreeMap<CoopId, u64> = BTreeMap::new();
+        let mut window_usage: BTreeMap<CoopId, u64> = BTreeMap::new();
         for (c, s) in self.ledger_usage(None, since).await? {
             if let Ok(c) = CoopId::new(c) {
-                usage.insert(c, s);
+                window_usage.insert(c, s);
             }
-        }
-        for (c, s) in &running_estimates {
-            *usage.entry(c.clone()).or_default() += s;
         }
 
         let mut quotas = Vec::new();
@@ -669,16 +649,138 @@ impl Store {
                 .await?
                 .into_iter()
                 .map(|(_, s)| s)
-                .sum::<u64>()
-                + running_estimates.get(&cooperative).copied().unwrap_or(0);
+                .sum::<u64>();
             quotas.push(Quota {
                 cooperative,
                 machine_hours_per_period: q.machine_hours,
                 used_machine_seconds: used,
             });
         }
+        Ok(PlanInputs {
+            sites,
+            pools,
+            window_usage,
+            quotas,
+            running,
+        })
+    }
+}
 
-        Ok(Snapshot {
+/// The scheduler's inputs besides the queue and the free machines ([`Store::plan_inputs`]).
+///
+/// Running estimates are kept apart from the ledger's figures so that a job put on a
+/// machine can be added ([`PlanInputs::add_running`]) without reading the rest again.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PlanInputs {
+    /// Configured sites.
+    pub sites: Vec<Site>,
+    /// Configured pools (none: one implicit pool of every machine).
+    pub pools: Vec<Pool>,
+    /// Ledger machine-seconds per cooperative in the fair-share window.
+    pub window_usage: BTreeMap<CoopId, u64>,
+    /// Quotas, their use the ledger's in the current period (running estimates not added).
+    pub quotas: Vec<Quota>,
+    /// Estimates of the jobs on machines, per cooperative.
+    pub running: BTreeMap<CoopId, u64>,
+}
+
+impl PlanInputs {
+    /// Counts a job just put on a machine: `seconds` more for `cooperative`.
+    pub fn add_running(&mut self, cooperative: &str, seconds: u64) {
+        if let Ok(c) = CoopId::new(cooperative) {
+            *self.running.entry(c).or_default() += seconds;
+        }
+    }
+
+    /// The snapshot of `queue` (in placement order) over `machines`.
+    ///
+    /// With no pool configured, every machine forms one implicit pool `default` open to
+    /// every cooperative with weight 1 (a fresh install dispatches like before). Sites a
+    /// machine or job names but nobody configured are included at 0°/0° in region
+    /// `unknown`, so they still take part (nearest-site ordering is then meaningless).
+    pub fn snapshot(&self, queue: &[super::Job], machines: Vec<MachineSnapshot>) -> Snapshot {
+        let unknown = SiteId::new(super::ledger::UNKNOWN_SITE).expect("a valid id");
+        let mut sites: BTreeMap<SiteId, Site> = self
+            .sites
+            .iter()
+            .map(|s| (s.id.clone(), s.clone()))
+            .collect();
+        let need_site = |id: &SiteId, sites: &mut BTreeMap<SiteId, Site>| {
+            if !sites.contains_key(id) {
+                sites.insert(
+                    id.clone(),
+                    Site {
+                        id: id.clone(),
+                        region: RegionId::new("unknown").expect("a valid id"),
+                        location: GeoPoint {
+                            lat_deg: 0.0,
+                            lon_deg: 0.0,
+                        },
+                    },
+                );
+            }
+        };
+        for m in &machines {
+            need_site(&m.site, &mut sites);
+        }
+        let mut jobs = Vec::with_capacity(queue.len());
+        for job in queue {
+            let Ok(cooperative) = CoopId::new(job.coop.clone()) else {
+                continue;
+            };
+            let delivery_site = job
+                .delivery_site
+                .as_ref()
+                .and_then(|s| SiteId::new(s.as_str()).ok())
+                .unwrap_or(unknown.clone());
+            need_site(&delivery_site, &mut sites);
+            jobs.push(QueuedJob {
+                id: job.id,
+                cooperative,
+                requirements: job.requirements.clone(),
+                priority: job.priority.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32,
+                submitted_at: at_ms(job.created_ms).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                estimated_machine_seconds: super::jobs::estimate_seconds(job),
+                delivery_site,
+                excluded_machines: job.excluded.iter().filter_map(|x| x.parse().ok()).collect(),
+            });
+        }
+
+        let mut pools = self.pools.clone();
+        if pools.is_empty() {
+            let coops: BTreeSet<CoopId> = jobs
+                .iter()
+                .map(|j| j.cooperative.clone())
+                .chain(self.running.keys().cloned())
+                .collect();
+            pools.push(Pool {
+                id: PoolId::new(super::ledger::DEFAULT_POOL).expect("a valid id"),
+                machines: machines.iter().map(|m| m.key.clone()).collect(),
+                members: coops
+                    .into_iter()
+                    .map(|cooperative| PoolMember {
+                        cooperative,
+                        weight: 1,
+                    })
+                    .collect(),
+            });
+        }
+
+        let mut usage = self.window_usage.clone();
+        for (c, s) in &self.running {
+            *usage.entry(c.clone()).or_default() += s;
+        }
+        let quotas = self
+            .quotas
+            .iter()
+            .map(|q| Quota {
+                used_machine_seconds: q.used_machine_seconds
+                    + self.running.get(&q.cooperative).copied().unwrap_or(0),
+                ..q.clone()
+            })
+            .collect();
+
+        Snapshot {
             jobs,
             machines,
             sites: sites.into_values().collect(),
@@ -692,7 +794,7 @@ impl Store {
                 .collect(),
             quotas,
             policy: Policy::default(),
-        })
+        }
     }
 }
 
@@ -708,7 +810,7 @@ pub(super) fn readiness_str(r: Readiness) -> &'static str {
     }
 }
 
-fn readiness_parse(s: &str) -> Result<Readiness, StoreError> {
+pub(super) fn readiness_parse(s: &str) -> Result<Readiness, StoreError> {
     match s {
         "needs_attention" => Ok(Readiness::NeedsAttention),
         "ready" => Ok(Readiness::Ready),

@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::jobs::ON_MACHINE;
-use super::{Store, StoreError, corrupt};
+use super::{MachineChange, Store, StoreError, corrupt};
 
 /// An agent (one workshop PC).
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -139,6 +139,7 @@ impl Store {
         .bind(now)
         .execute(self.pool())
         .await?;
+        self.note_with(|c| c.agent(agent));
         Ok(())
     }
 
@@ -182,6 +183,7 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
+        self.note_with(|c| c.agent(agent));
         Ok(changed && online)
     }
 
@@ -237,6 +239,7 @@ impl Store {
             }
         }
         tx.commit().await?;
+        self.note_with(|c| c.machine(agent, &state.machine, MachineChange::Reread));
         Ok(())
     }
 

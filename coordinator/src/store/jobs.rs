@@ -9,7 +9,7 @@ use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
 use super::ledger;
 use super::outbox::{self, QueuedCommand};
-use super::{Backend, Store, StoreError, corrupt};
+use super::{Backend, MachineChange, Store, StoreError, corrupt};
 use crate::lifecycle::JobState;
 
 /// A job as submitted (what the API hands the store).
@@ -362,6 +362,53 @@ pub(super) async fn job_on_machine(
         .transpose()
 }
 
+/// Refuses a machine that cannot start a job of `process` now: unknown, its agent offline,
+/// not reporting `ready`, or its readiness record not admitting the process (the same rule
+/// as the scheduler snapshot's, read inside the placement's transaction).
+async fn machine_admits(
+    conn: &mut AnyConnection,
+    agent: &AgentId,
+    machine: &MachineId,
+    process: munifab_protocol::Process,
+) -> Result<(), StoreError> {
+    let row = sqlx::query(
+        "SELECT m.state AS state, m.readiness AS readiness, a.online AS online \
+         FROM machines m JOIN agents a ON a.id = m.agent WHERE m.agent = $1 AND m.machine = $2",
+    )
+    .bind(agent.to_string())
+    .bind(machine.to_string())
+    .fetch_optional(&mut *conn)
+    .await?;
+    let unavailable = |why: &'static str| StoreError::MachineUnavailable {
+        machine: format!("{agent}/{machine}"),
+        why,
+    };
+    let Some(row) = row else {
+        return Err(unavailable("unknown machine"));
+    };
+    if row.try_get::<i64, _>("online")? == 0 {
+        return Err(unavailable("its agent is offline"));
+    }
+    if row.try_get::<String, _>("state")? != "ready" {
+        return Err(unavailable("it does not report ready"));
+    }
+    let readiness: Option<String> = row.try_get("readiness")?;
+    // Never confirmed nor used since the coordinator first saw it: its agent's word.
+    let readiness = match readiness.as_deref() {
+        None => crate::scheduler::Readiness::Ready,
+        Some(r) => super::coop::readiness_parse(r)?,
+    };
+    if !readiness.admits(process) {
+        return Err(unavailable("nobody confirmed it ready for this job"));
+    }
+    Ok(())
+}
+
+/// A job's estimate as usage counts it: whole seconds, rounded up, never negative.
+pub(super) fn estimate_seconds(job: &Job) -> u64 {
+    job.analysis.estimated_seconds.max(0.0).ceil() as u64
+}
+
 async fn load_required(conn: &mut AnyConnection, id: JobId) -> Result<Job, StoreError> {
     load(conn, id).await?.ok_or_else(|| StoreError::NotFound {
         what: "job",
@@ -638,6 +685,12 @@ impl Store {
         let epoch = job.epoch;
         move_job(&mut tx, &mut job, epoch, to, cause, detail, now).await?;
         tx.commit().await?;
+        self.note_with(|c| {
+            c.plan_inputs = true;
+            if let (Some(a), Some(m)) = (&job.agent, &job.machine) {
+                c.machine(a, m, MachineChange::Reread);
+            }
+        });
         Ok(job)
     }
 
@@ -677,9 +730,47 @@ impl Store {
         now: i64,
         command: impl FnOnce(&Job) -> Message<Command>,
     ) -> Result<(Job, QueuedCommand), StoreError> {
+        self.assign(id, agent, machine, pool, false, now, command)
+            .await
+    }
+
+    /// The scheduler's placement: [`Store::assign_job_in_pool`], and in the same
+    /// transaction the machine must still be able to start this job — its agent online, it
+    /// reports `ready`, and its readiness record admits the job's process (a person
+    /// confirmed it after its last job; stock loaded and zeroed for CNC) — else
+    /// [`StoreError::MachineUnavailable`]. The dispatcher plans over a picture it keeps
+    /// between passes; this is what makes a stale picture cost a skipped placement, never
+    /// a job on a machine nobody cleared.
+    pub async fn place_job(
+        &self,
+        id: JobId,
+        agent: &AgentId,
+        machine: &MachineId,
+        pool: &str,
+        now: i64,
+        command: impl FnOnce(&Job) -> Message<Command>,
+    ) -> Result<(Job, QueuedCommand), StoreError> {
+        self.assign(id, agent, machine, Some(pool), true, now, command)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn assign(
+        &self,
+        id: JobId,
+        agent: &AgentId,
+        machine: &MachineId,
+        pool: Option<&str>,
+        check_machine: bool,
+        now: i64,
+        command: impl FnOnce(&Job) -> Message<Command>,
+    ) -> Result<(Job, QueuedCommand), StoreError> {
         let mut tx = self.begin_write().await?;
         let mut job = claim(&mut tx, self.backend(), id).await?;
         claim_machine(&mut tx, self.backend(), agent, machine).await?;
+        if check_machine {
+            machine_admits(&mut tx, agent, machine, job.requirements.process).await?;
+        }
         job.pool = pool.map(str::to_string);
         let guard = job.epoch;
         job.epoch += 1;
@@ -709,6 +800,10 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        self.note_with(|c| {
+            c.machine(agent, machine, MachineChange::Taken);
+            c.running.push((job.coop.clone(), estimate_seconds(&job)));
+        });
         Ok((job, queued))
     }
 
@@ -747,6 +842,15 @@ impl Store {
             CommandOutcome::Done(job)
         };
         tx.commit().await?;
+        self.note_with(|c| match &outcome {
+            CommandOutcome::Sent(..) => c.outbox = true,
+            CommandOutcome::Done(job) => {
+                c.plan_inputs = true;
+                if let (Some(a), Some(m)) = (&job.agent, &job.machine) {
+                    c.machine(a, m, MachineChange::Reread);
+                }
+            }
+        });
         Ok(outcome)
     }
 
@@ -794,6 +898,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        self.note_with(|c| c.outbox = true);
         Ok(CommandOutcome::Sent(job, q))
     }
 
@@ -806,6 +911,40 @@ impl Store {
         msg: &Message<Event>,
         max_rejections: u32,
         now: i64,
+    ) -> Result<EventOutcome, StoreError> {
+        let mut moved = false;
+        let outcome = self
+            .apply_event_tx(agent, msg, max_rejections, now, &mut moved)
+            .await?;
+        // A duplicate may have been applied by another replica just now: look again too.
+        if moved || outcome == EventOutcome::Duplicate {
+            let r = msg.body.job_ref();
+            self.note_with(|c| {
+                // The job left or (reclaimed) entered a machine: the jobs on machines, the
+                // ledger and the machine's readiness may have changed.
+                c.plan_inputs = true;
+                if let Some(r) = r {
+                    c.machine(agent, &r.machine, MachineChange::Reread);
+                }
+                if let EventOutcome::Applied(job) | EventOutcome::Ignored(job) = &outcome
+                    && let (Some(a), Some(m)) = (&job.agent, &job.machine)
+                {
+                    c.machine(a, m, MachineChange::Reread);
+                }
+            });
+        }
+        Ok(outcome)
+    }
+
+    /// [`Store::apply_event`]'s transaction; sets `moved` when the job entered or left its
+    /// machine.
+    async fn apply_event_tx(
+        &self,
+        agent: &AgentId,
+        msg: &Message<Event>,
+        max_rejections: u32,
+        now: i64,
+        moved: &mut bool,
     ) -> Result<EventOutcome, StoreError> {
         let mut tx = self.pool().begin().await?;
         let fresh = sqlx::query(
@@ -898,6 +1037,7 @@ impl Store {
         // Its own agent is back with the same epoch after the job was lost (and maybe
         // requeued but not yet reassigned): its report wins.
         if matches!(job.state, JobState::Queued | JobState::Lost) {
+            *moved = true;
             move_job(
                 &mut tx,
                 &mut job,
@@ -920,6 +1060,7 @@ impl Store {
             return Ok(EventOutcome::Ignored(Box::new(job)));
         }
         let epoch = job.epoch;
+        let was_on_machine = job.state.is_on_machine();
         move_job(&mut tx, &mut job, epoch, target, &cause, detail, now).await?;
         if target == JobState::Rejected {
             job.rejections += 1;
@@ -934,6 +1075,9 @@ impl Store {
             };
             move_job(&mut tx, &mut job, epoch, next, "dispatch:requeue", why, now).await?;
         }
+        // Between states on a machine (accepted, running, paused) nothing the scheduler
+        // reads changes; leaving the machine does.
+        *moved |= was_on_machine != job.state.is_on_machine();
         outbox::answered(&mut tx, &job, &msg.body, now).await?;
         tx.commit().await?;
         Ok(EventOutcome::Applied(Box::new(job)))
@@ -989,6 +1133,12 @@ impl Store {
             // Commands for the lost run must not reach the agent when it reconnects.
             outbox::complete_job(&mut tx, job.id, now).await?;
             tx.commit().await?;
+            self.note_with(|c| {
+                c.plan_inputs = true;
+                if let (Some(a), Some(m)) = (&job.agent, &job.machine) {
+                    c.machine(a, m, MachineChange::Reread);
+                }
+            });
             out.push(job);
         }
         Ok(out)

@@ -9,6 +9,7 @@
 //! lifecycle ([`crate::lifecycle`]), guards against a concurrent change, and writes the
 //! event row in the caller's transaction.
 
+mod changes;
 mod coop;
 mod fleet;
 mod jobs;
@@ -27,7 +28,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, AssertSqlSafe, SqlSafeStr};
 
-pub use coop::{AuditRecord, CooperativeRecord, PoolRecord, QuotaRecord, SiteRecord};
+pub use changes::{ChangeWatch, Changes, MachineChange};
+pub use coop::{AuditRecord, CooperativeRecord, PlanInputs, PoolRecord, QuotaRecord, SiteRecord};
 pub use fleet::{AgentRecord, MachineRecord};
 pub use jobs::JobDesign;
 pub use jobs::{CommandOutcome, EventOutcome, Job, JobEvent, JobFilter, LostPolicy, NewJob, Page};
@@ -83,6 +85,15 @@ pub enum StoreError {
         /// That job's state.
         state: String,
     },
+    /// The machine cannot start the job now (agent offline, not reporting `ready`, or not
+    /// confirmed by a person): a placement from an outdated picture of the fleet.
+    #[error("machine {machine} cannot take the job now: {why}")]
+    MachineUnavailable {
+        /// `agent/machine`.
+        machine: String,
+        /// Why not.
+        why: &'static str,
+    },
     /// A ledger entry could not be sealed (its figures are out of range).
     #[error("ledger: {0}")]
     Ledger(#[from] crate::ledger::DraftError),
@@ -108,6 +119,8 @@ pub struct Store {
     /// reads every free machine on every pass, and a fleet has few distinct capability
     /// sets. Keyed by the text itself, so it can never answer for a changed machine.
     capabilities: Arc<Mutex<HashMap<String, munifab_protocol::Capabilities>>>,
+    /// Who is told about committed changes to the scheduler's inputs ([`changes`]).
+    watchers: Arc<changes::Watchers>,
 }
 
 /// Distinct capability texts kept decoded before the cache starts over.
@@ -168,6 +181,7 @@ impl Store {
             pool,
             backend,
             capabilities: Arc::default(),
+            watchers: Arc::default(),
         })
     }
 
@@ -218,10 +232,12 @@ impl Store {
     }
 
     /// Runs one statement as given (administration and test set-up, e.g. creating a schema).
+    /// Watchers rebuild everything afterwards: the statement may have changed anything.
     pub async fn execute_raw(&self, sql: &str) -> Result<(), StoreError> {
         sqlx::query(AssertSqlSafe(sql.to_string()))
             .execute(&self.pool)
             .await?;
+        self.note_with(|c| c.everything = true);
         Ok(())
     }
 
