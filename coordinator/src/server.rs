@@ -66,7 +66,12 @@ pub struct Server {
     dispatcher: JoinHandle<()>,
     link: JoinHandle<()>,
     catalog_sync: Option<JoinHandle<()>>,
+    checkpoints: JoinHandle<()>,
 }
+
+/// How often the SQLite write-ahead log is copied back into the database file
+/// ([`Store::checkpoint_periodically`]).
+const WAL_CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Server {
     /// Where the HTTP API listens.
@@ -98,6 +103,7 @@ impl Server {
         if let Some(sync) = self.catalog_sync {
             let _ = sync.await;
         }
+        let _ = self.checkpoints.await;
         self.store.close().await;
         tracing::info!("coordinator stopped");
     }
@@ -265,6 +271,14 @@ pub async fn start(
         dispatch_settings,
     );
     let dispatcher = tokio::spawn(dispatcher.run(rx, kick.clone(), shutdown.clone()));
+    let checkpoints = {
+        let (store, stop) = (store.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            store
+                .checkpoint_periodically(WAL_CHECKPOINT_EVERY, stop)
+                .await
+        })
+    };
 
     let state = AppState {
         catalog,
@@ -298,5 +312,6 @@ pub async fn start(
         dispatcher,
         link,
         catalog_sync,
+        checkpoints,
     })
 }

@@ -1281,3 +1281,47 @@ async fn a_picture_outdated_by_another_writer_never_places_on_a_machine_that_can
         other.close().await;
     }
 }
+
+/// Jobs in the SQLite database *file*, ignoring its write-ahead log (`immutable`), or `None`
+/// while the file does not even hold the schema yet.
+async fn jobs_in_the_database_file(path: &std::path::Path) -> Option<i64> {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}?immutable=true", path.display());
+    let mut conn = sqlx::AnyConnection::connect(&url).await.ok()?;
+    let n = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM jobs")
+        .fetch_one(&mut conn)
+        .await
+        .ok();
+    let _ = conn.close().await;
+    n
+}
+
+#[tokio::test]
+async fn the_checkpointer_copies_committed_rows_from_the_log_into_the_database_file() {
+    let db = common::sqlite().await;
+    let file = db.dir.join("munifab.db");
+    db.store.submit_job(new_job("coop-a"), 1_000).await.unwrap();
+    // SQLite's own threshold is far away: the row lives only in the log so far.
+    assert_ne!(jobs_in_the_database_file(&file).await, Some(1));
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let checkpointer = {
+        let (store, stop) = (db.store.clone(), stop.clone());
+        tokio::spawn(async move {
+            store
+                .checkpoint_periodically(std::time::Duration::from_millis(5), stop)
+                .await
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut poll = tokio::time::interval(std::time::Duration::from_millis(5));
+    while jobs_in_the_database_file(&file).await != Some(1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job never reached the database file"
+        );
+        poll.tick().await;
+    }
+    stop.cancel();
+    checkpointer.await.unwrap();
+}
