@@ -258,29 +258,15 @@ impl Front {
     ) -> Result<(), String> {
         let _ = stream.set_nodelay(true);
         let (mut read, mut write) = stream.into_split();
-        let mut buf = BytesMut::new();
-        // A client that connects and never sends CONNECT must not hold a task forever.
-        let first = tokio::time::timeout(CONNECT_TIMEOUT, next_packet(&mut read, &mut buf))
-            .await
-            .map_err(|_| format!("no CONNECT within {} s", CONNECT_TIMEOUT.as_secs()))??;
-        let Some(first) = first else {
+        // The CONNECT phase and the will are boxed: their futures exist only while they run,
+        // so the task of a connected agent keeps only what it needs while idle.
+        let Some((connect, agent, buf)) = Box::pin(self.accept(&mut read, &mut write)).await?
+        else {
             return Ok(());
-        };
-        let Packet::Connect(connect) = first else {
-            return Err("the first packet is not CONNECT".into());
-        };
-        let agent = match check_connect(&connect, &self.store).await {
-            Ok(a) => a,
-            Err(refusal) => {
-                let mut out = BytesMut::new();
-                let _ = ConnAck::new(refusal.code(), false).write(&mut out);
-                let _ = tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&out)).await;
-                return Err(refusal.to_string());
-            }
         };
         let session = Arc::new(Session {
             agent: agent.clone(),
-            client_id: connect.client_id.clone(),
+            client_id: connect.client_id,
             state: Mutex::new(Shared::default()),
             wake: Notify::new(),
             done: CancellationToken::new(),
@@ -289,13 +275,21 @@ impl Front {
         if let Some(old) = old {
             old.end(End::TakenOver);
             // Its last packets go upstream before anything of the new connection.
-            let _ = tokio::time::timeout(TAKEOVER_WAIT, old.done.cancelled()).await;
+            let _ = Box::pin(tokio::time::timeout(TAKEOVER_WAIT, old.done.cancelled())).await;
         }
+        // The will's payload is a slice of the read buffer the CONNECT arrived in: copied,
+        // so it does not keep that whole buffer for the life of the connection.
+        let will = connect.last_will.map(|mut w| {
+            w.message = Bytes::copy_from_slice(&w.message);
+            w
+        });
+        // Likewise an empty read buffer is dropped rather than kept with its allocation.
+        let buf = if buf.is_empty() { BytesMut::new() } else { buf };
         let mut conn = AgentConn {
             front: self,
             session: &session,
-            will: connect.last_will,
-            commands_topic: Topic::Commands(agent.clone()).to_string(),
+            will,
+            commands_topic: Topic::Commands(agent).to_string(),
             inflight: VecDeque::new(),
             next_pkid: 0,
             out: BytesMut::new(),
@@ -312,11 +306,40 @@ impl Front {
         if let End::Unclean(_) = end
             && let Some(will) = conn.will.take()
         {
-            self.publish_will(will).await;
+            Box::pin(self.publish_will(will)).await;
         }
         self.unregister(&session);
         session.done.cancel();
         result
+    }
+
+    /// Reads the CONNECT and checks it; a refusal is answered here. `None`: the client left
+    /// before sending anything.
+    async fn accept(
+        &self,
+        read: &mut OwnedReadHalf,
+        write: &mut OwnedWriteHalf,
+    ) -> Result<Option<(Connect, AgentId, BytesMut)>, String> {
+        let mut buf = BytesMut::new();
+        // A client that connects and never sends CONNECT must not hold a task forever.
+        let first = tokio::time::timeout(CONNECT_TIMEOUT, next_packet(read, &mut buf))
+            .await
+            .map_err(|_| format!("no CONNECT within {} s", CONNECT_TIMEOUT.as_secs()))??;
+        let Some(first) = first else {
+            return Ok(None);
+        };
+        let Packet::Connect(connect) = first else {
+            return Err("the first packet is not CONNECT".into());
+        };
+        match check_connect(&connect, &self.store).await {
+            Ok(agent) => Ok(Some((connect, agent, buf))),
+            Err(refusal) => {
+                let mut out = BytesMut::new();
+                let _ = ConnAck::new(refusal.code(), false).write(&mut out);
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&out)).await;
+                Err(refusal.to_string())
+            }
+        }
     }
 
     /// Adds `session`; returns the one it takes over, if any.
@@ -456,12 +479,15 @@ impl AgentConn<'_> {
         let far = Duration::from_secs(365 * 24 * 3600);
         let expiry = tokio::time::sleep(keep_alive.unwrap_or(far));
         tokio::pin!(expiry);
+        // Handling packets and writing are boxed: their futures exist only while they run,
+        // so an idle connection's task keeps only this loop's state (a few hundred bytes
+        // instead of about 2 KiB, per agent).
         // The CONNECT may have come with more packets behind it.
-        if let Err(e) = self.handle_buffered(&mut buf).await {
+        if let Err(e) = Box::pin(self.handle_buffered(&mut buf)).await {
             return e;
         }
         loop {
-            if let Err(e) = self.flush(write).await {
+            if let Err(e) = Box::pin(self.flush(write)).await {
                 return e;
             }
             tokio::select! {
@@ -476,7 +502,7 @@ impl AgentConn<'_> {
                             if let Some(k) = keep_alive {
                                 expiry.as_mut().reset(tokio::time::Instant::now() + k);
                             }
-                            if let Err(e) = self.handle_buffered(&mut buf).await {
+                            if let Err(e) = Box::pin(self.handle_buffered(&mut buf)).await {
                                 return e;
                             }
                         }
