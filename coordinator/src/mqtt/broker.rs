@@ -148,8 +148,9 @@ fn rumqttd_config(
         connection_timeout_ms: 10_000,
         max_payload_size: MAX_PACKET,
         // Packets read from one connection before the router is told (a batch bound, not
-        // an allocation). The front's connection carries every agent's messages.
-        max_inflight_count: 256,
+        // an allocation). The front's connection carries every agent's messages, at most
+        // 128 unacknowledged QoS 1 publishes at a time.
+        max_inflight_count: 128,
         auth: None,
         external_auth: None,
         dynamic_filters: true,

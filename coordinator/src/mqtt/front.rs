@@ -80,8 +80,9 @@ pub const AGENT_INFLIGHT: usize = 16;
 pub const AGENT_QUEUE: usize = 64;
 
 /// QoS 1 publishes forwarded upstream and not yet acknowledged by rumqttd, all agents
-/// together (upstream packet ids are 16 bits).
-const UPSTREAM_INFLIGHT: usize = 16_384;
+/// together. Small on purpose: rumqttd's buffers for the front's connection grow to the
+/// largest burst it was sent and never shrink, and a loopback round trip is short.
+const UPSTREAM_INFLIGHT: usize = 128;
 
 /// Packets queued for the upstream writer.
 const UPSTREAM_QUEUE: usize = 4096;
@@ -575,7 +576,7 @@ impl AgentConn<'_> {
                 Ok(())
             }
             Packet::Unsubscribe(u) => {
-                if u.topics.iter().any(|t| *t == self.commands_topic) {
+                if u.topics.contains(&self.commands_topic) {
                     let mut state = self.session.state();
                     state.subscribed = None;
                     state.commands.clear();
