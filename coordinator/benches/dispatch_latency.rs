@@ -4,7 +4,9 @@
 //! process (`munifab-coordinator serve`), so its RSS is its own.
 //!
 //! `cargo bench -p munifab-coordinator --bench dispatch_latency`
-//! (`MUNIFAB_BENCH_AGENTS`, default 1000; `MUNIFAB_BENCH_JOBS`, default = agents).
+//! (`MUNIFAB_BENCH_AGENTS`, default 1000; `MUNIFAB_BENCH_JOBS`, default = agents;
+//! `MUNIFAB_BENCH_COORDINATOR=PATH` runs another build of the coordinator, e.g. one of
+//! `main`, to compare before and after in the same period on a shared machine).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -228,7 +230,9 @@ async fn run(agents: usize, jobs: usize, warmup: usize, external: Option<String>
 
     let http_port = free_port();
     let mqtt_port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_munifab-coordinator"));
+    let binary = std::env::var("MUNIFAB_BENCH_COORDINATOR")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_munifab-coordinator").to_string());
+    let mut cmd = Command::new(&binary);
     cmd.arg("serve")
         .env("MUNIFAB_DATA_DIR", &dir)
         .env_remove("MUNIFAB_DATABASE_URL")
@@ -269,7 +273,7 @@ async fn run(agents: usize, jobs: usize, warmup: usize, external: Option<String>
             (
                 "127.0.0.1".to_string(),
                 mqtt_port,
-                "embedded broker (ACL front + rumqttd)".to_string(),
+                format!("embedded broker (front + rumqttd), coordinator {binary}"),
             )
         }
     };
@@ -459,10 +463,12 @@ fn main() {
         if r.embedded {
             // rumqttd 0.20 sizes these per connection with constants its configuration does
             // not reach: 200-slot incoming and outgoing queues, 10 KiB read and write buffers.
+            // The front carries every agent over one connection, so this is paid twice (the
+            // front and the coordinator), not once per agent as when agents reached rumqttd.
             let packet = std::mem::size_of::<rumqttd::protocol::Packet>();
             let notification = std::mem::size_of::<rumqttd::Notification>();
             println!(
-                "  rumqttd reserves per connection: 200 x {packet} B incoming + 200 x {notification} B outgoing slots + 2 x 10 KiB buffers = {:.0} KiB",
+                "  rumqttd reserves per connection: 200 x {packet} B incoming + 200 x {notification} B outgoing slots + 2 x 10 KiB buffers = {:.0} KiB (2 connections: the front's and the coordinator's)",
                 (200 * (packet + notification) + 20 * 1024) as f64 / 1024.0
             );
         }
