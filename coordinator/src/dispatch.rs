@@ -11,6 +11,7 @@
 mod picture;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use munifab_protocol::{AgentId, Artifact, Assign, Command, Message};
@@ -30,6 +31,11 @@ use picture::{Picture, REBUILD_EVERY};
 const FAIR_SHARE_WINDOW: time::Duration = time::Duration::days(7);
 /// Queued jobs one plan considers at most.
 const SNAPSHOT_JOBS: u32 = 5000;
+/// How long applied message ids and answered commands are kept: far longer than an agent
+/// can spool events while offline and still have them mean anything.
+const KEEP_ANSWERED: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How often the tick looks for ids and commands older than that.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Plans per pass at most: when placements from the picture are refused (another
 /// replica took the machine, or it changed unnoticed), the refused machines are read
 /// again and the rest of the queue planned again at once, rather than at the next wake-up.
@@ -62,6 +68,8 @@ pub struct Dispatcher {
     settings: DispatchSettings,
     /// The fleet picture; the lock also keeps two passes of this dispatcher apart.
     picture: tokio::sync::Mutex<Picture>,
+    /// When the last prune ran (clock milliseconds; 0: never).
+    last_prune_ms: AtomicI64,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -83,6 +91,7 @@ impl Dispatcher {
     ) -> Self {
         Self {
             picture: tokio::sync::Mutex::new(Picture::new(&store)),
+            last_prune_ms: AtomicI64::new(0),
             store,
             client,
             metrics,
@@ -135,6 +144,7 @@ impl Dispatcher {
     /// in a pass a new job waits for).
     async fn on_tick(&self) -> Result<(), StoreError> {
         self.expire_lost().await?;
+        self.prune().await?;
         let mut picture = self.picture.lock().await;
         if picture.older_than(REBUILD_EVERY) {
             picture
@@ -383,6 +393,30 @@ impl Dispatcher {
             if a.online {
                 self.resend(&a.id).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// At most once per [`PRUNE_EVERY`], forgets applied message ids and answered commands
+    /// older than [`KEEP_ANSWERED`].
+    async fn prune(&self) -> Result<(), StoreError> {
+        let now = self.now();
+        let every = PRUNE_EVERY.as_millis() as i64;
+        let last = self.last_prune_ms.load(Ordering::Relaxed);
+        if last != 0 && now - last < every {
+            return Ok(());
+        }
+        self.last_prune_ms.store(now, Ordering::Relaxed);
+        let (seen, answered) = self
+            .store
+            .prune_answered(now - KEEP_ANSWERED.as_millis() as i64)
+            .await?;
+        if seen + answered > 0 {
+            tracing::info!(
+                seen,
+                answered,
+                "forgot old message ids and answered commands"
+            );
         }
         Ok(())
     }

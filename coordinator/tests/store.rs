@@ -1325,3 +1325,43 @@ async fn the_checkpointer_copies_committed_rows_from_the_log_into_the_database_f
     stop.cancel();
     checkpointer.await.unwrap();
 }
+
+#[tokio::test]
+async fn pruning_forgets_old_message_ids_and_answered_commands_but_keeps_pending_ones() {
+    for db in each_db().await {
+        let s = &db.store;
+        s.execute_raw(
+            "INSERT INTO seen_messages (id, agent, at_ms) VALUES \
+             ('m-old', 'pc-1', 1000), ('m-new', 'pc-1', 9000)",
+        )
+        .await
+        .unwrap();
+        s.execute_raw(
+            "INSERT INTO outbox (agent, kind, message, created_ms, sent_ms, done_ms) VALUES \
+             ('pc-1', 'clear', '{}', 500, 600, 1000), \
+             ('pc-1', 'clear', '{}', 500, 600, 9000), \
+             ('pc-1', 'clear', '{\"pending\":true}', 500, 600, NULL)",
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.prune_answered(5000).await.unwrap(), (1, 1), "{}", db.name);
+        assert_eq!(s.prune_answered(5000).await.unwrap(), (0, 0), "{}", db.name);
+        let agent = munifab_protocol::AgentId::new("pc-1").unwrap();
+        let pending = s.pending_commands(&agent).await.unwrap();
+        assert_eq!(pending.len(), 1, "{}", db.name);
+        assert_eq!(pending[0].json, br#"{"pending":true}"#, "{}", db.name);
+        // The newer ones go once they are old enough; the unanswered command never does.
+        assert_eq!(
+            s.prune_answered(i64::MAX).await.unwrap(),
+            (1, 1),
+            "{}",
+            db.name
+        );
+        assert_eq!(
+            s.pending_commands(&agent).await.unwrap().len(),
+            1,
+            "{}",
+            db.name
+        );
+    }
+}

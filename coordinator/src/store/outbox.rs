@@ -153,6 +153,28 @@ pub(super) async fn answered(
 }
 
 impl Store {
+    /// Forgets what only guards against very late repeats, older than `before_ms`: the ids
+    /// of agent messages already applied and the commands agents answered. Returns how many
+    /// of each were deleted. A message repeated after its id is forgotten is still checked
+    /// by the job lifecycle (a finished job cannot finish again; an older epoch moves
+    /// nothing), so forgetting costs no double count; it only keeps both tables from
+    /// growing for ever.
+    pub async fn prune_answered(&self, before_ms: i64) -> Result<(u64, u64), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let seen = sqlx::query("DELETE FROM seen_messages WHERE at_ms < $1")
+            .bind(before_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let answered = sqlx::query("DELETE FROM outbox WHERE done_ms IS NOT NULL AND done_ms < $1")
+            .bind(before_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok((seen, answered))
+    }
+
     /// Puts a command that moves no job (e.g. `clear`) in the outbox.
     pub async fn enqueue_command(
         &self,
