@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -224,9 +224,13 @@ pub async fn start(
         .clone()
         .unwrap_or_else(|| format!("http://{http_addr}"));
 
+    // Embedded: agents are served once the link's subscriptions are acknowledged.
+    let mut subscribed = None;
     let (link_settings, mqtt_addr) = match &settings.mqtt {
         MqttMode::Embedded { listen } => {
-            let b = broker::start(*listen, store.clone(), shutdown.clone()).await?;
+            let (open, opened) = oneshot::channel();
+            subscribed = Some(open);
+            let b = broker::start(*listen, store.clone(), shutdown.clone(), opened).await?;
             let internal = b.internal_addr();
             (
                 link::LinkSettings {
@@ -260,7 +264,13 @@ pub async fn start(
     let kick = Arc::new(Notify::new());
     let (client, events) = link::client(&link_settings);
     let (tx, rx) = mpsc::channel(4096);
-    let link = tokio::spawn(link::run(client.clone(), events, tx, shutdown.clone()));
+    let link = tokio::spawn(link::run(
+        client.clone(),
+        events,
+        tx,
+        shutdown.clone(),
+        subscribed,
+    ));
     let mut dispatch_settings = settings.dispatch.clone();
     dispatch_settings.public_url = public_url;
     let dispatcher = Dispatcher::new(

@@ -19,6 +19,7 @@ use rumqttc::mqttbytes::v4::{
 use rumqttc::mqttbytes::{self, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -149,13 +150,22 @@ async fn agent(store: &Store, name: &str) -> (AgentId, String) {
     (id, token)
 }
 
+/// A broker open to agents from the start.
 async fn fixture() -> Fixture {
+    let (open, opened) = oneshot::channel();
+    open.send(()).unwrap();
+    gated_fixture(opened).await
+}
+
+/// A broker that serves agents once `opened` fires.
+async fn gated_fixture(opened: oneshot::Receiver<()>) -> Fixture {
     let db = common::sqlite().await;
     let shutdown = CancellationToken::new();
     let broker = broker::start(
         "127.0.0.1:0".parse().unwrap(),
         db.store.clone(),
         shutdown.clone(),
+        opened,
     )
     .await
     .expect("the embedded broker starts");
@@ -258,6 +268,55 @@ async fn a_qos1_publish_is_acknowledged_once_the_broker_holds_it_with_its_retain
         Some(Packet::ConnAck(ack)) => assert_ne!(ack.code, ConnectReturnCode::Success),
         Some(other) => panic!("unexpected {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn an_agent_is_served_only_once_the_coordinator_has_subscribed() {
+    // rumqttd is new with every coordinator process: an agent served before the coordinator
+    // subscribed would have its QoS 1 events acknowledged, and dropped from its spool, with
+    // nobody to receive them. Agents reconnect the moment a restarted coordinator listens.
+    let (open, opened) = oneshot::channel();
+    let f = gated_fixture(opened).await;
+    let (a, token) = agent(f.store(), "lab-a").await;
+    let mut c = Connect::new("lab-a");
+    c.keep_alive = 30;
+    c.set_login(a.as_str(), token.as_str());
+    let stream = TcpStream::connect(f.broker.public_addr())
+        .await
+        .expect("the address is bound before the broker opens");
+    let mut early = Raw {
+        stream,
+        buf: BytesMut::new(),
+    };
+    early.send(Packet::Connect(c)).await;
+    // The absence of an answer can only be watched for a while: a broker that served agents
+    // before opening answers a CONNECT in well under a millisecond on loopback.
+    let events = Topic::Events(a.clone()).to_string();
+    let mut coordinator = f.observer(&events).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), early.next())
+            .await
+            .is_err(),
+        "the agent was answered before the broker was opened"
+    );
+
+    open.send(()).unwrap();
+    match early.next().await {
+        Some(Packet::ConnAck(ack)) => assert_eq!(ack.code, ConnectReturnCode::Success),
+        other => panic!("expected CONNACK once open, got {other:?}"),
+    }
+    early
+        .publish(&events, QoS::AtLeastOnce, false, "spooled event", 5)
+        .await;
+    match early.next().await {
+        Some(Packet::PubAck(ack)) => assert_eq!(ack.pkid, 5),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    let got = coordinator.next_publish().await;
+    assert_eq!(
+        (got.topic.as_str(), payload(&got)),
+        (events.as_str(), "spooled event")
+    );
 }
 
 #[tokio::test]

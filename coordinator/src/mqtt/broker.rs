@@ -15,6 +15,7 @@ use std::sync::Arc;
 use munifab_protocol::{AgentId, Topic, TopicKind};
 use rumqttc::mqttbytes::v4::Packet;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::front::{FRONT_USER, Front, MAX_PACKET, Upstream};
@@ -70,10 +71,17 @@ impl EmbeddedBroker {
 
 /// Starts rumqttd on a free loopback port (its own thread; it lives as long as the
 /// process) and the ACL front on `listen`, served until `shutdown`.
+///
+/// The front's address is bound at once, but agents are served only once `open` fires: the
+/// caller fires it when the coordinator's own subscriptions are in place. rumqttd is new with
+/// every process, so until then it would acknowledge an agent's QoS 1 event (and the agent
+/// empty its spool) with nobody subscribed to receive it. Agents that connect meanwhile wait
+/// in the listen backlog. If `open` is dropped unfired, agents are never served.
 pub async fn start(
     listen: SocketAddr,
     store: Store,
     shutdown: CancellationToken,
+    open: oneshot::Receiver<()>,
 ) -> Result<EmbeddedBroker, BrokerError> {
     let front = TcpListener::bind(listen)
         .await
@@ -120,7 +128,7 @@ pub async fn start(
     )
     .await
     .map_err(BrokerError::Upstream)?;
-    tokio::spawn(serve_front(front, front_ctx, shutdown));
+    tokio::spawn(serve_front(front, front_ctx, open, shutdown));
     tracing::info!(%public, %internal, "embedded MQTT broker listening");
     Ok(EmbeddedBroker {
         public,
@@ -219,7 +227,22 @@ fn segments() -> HashMap<String, rumqttd::SegmentConfig> {
         .collect()
 }
 
-async fn serve_front(listener: TcpListener, front: Arc<Front>, shutdown: CancellationToken) {
+async fn serve_front(
+    listener: TcpListener,
+    front: Arc<Front>,
+    open: oneshot::Receiver<()>,
+    shutdown: CancellationToken,
+) {
+    tokio::select! {
+        () = shutdown.cancelled() => return,
+        opened = open => {
+            if opened.is_err() {
+                tracing::error!("MQTT front: the coordinator never subscribed; not serving agents");
+                return;
+            }
+        }
+    }
+    tracing::info!("MQTT front: serving agents");
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,

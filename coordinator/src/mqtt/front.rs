@@ -284,8 +284,13 @@ impl Front {
             w.message = Bytes::copy_from_slice(&w.message);
             w
         });
-        // Likewise an empty read buffer is dropped rather than kept with its allocation.
-        let buf = if buf.is_empty() { BytesMut::new() } else { buf };
+        // Likewise an empty read buffer is dropped rather than kept with its allocation: the
+        // old buffer is replaced (and so freed), not shadowed, which would keep it alive, 4 KiB
+        // per agent, for as long as the connection lasts.
+        let mut buf = buf;
+        if buf.is_empty() {
+            buf = BytesMut::new();
+        }
         let mut conn = AgentConn {
             front: self,
             session: &session,

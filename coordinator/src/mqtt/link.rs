@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use munifab_protocol::topic::filter;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// Where and how the coordinator connects.
@@ -60,13 +60,17 @@ pub fn client(settings: &LinkSettings) -> (AsyncClient, EventLoop) {
     (client, events)
 }
 
-/// Runs the event loop until `shutdown`, then disconnects.
+/// Runs the event loop until `shutdown`, then disconnects. `subscribed` fires once the broker
+/// has acknowledged every subscription of the first connection.
 pub async fn run(
     client: AsyncClient,
     mut events: EventLoop,
     to_dispatcher: mpsc::Sender<LinkEvent>,
     shutdown: CancellationToken,
+    mut subscribed: Option<oneshot::Sender<()>>,
 ) {
+    // SUBACKs still awaited on this connection.
+    let mut unacked = 0usize;
     loop {
         let polled = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -75,9 +79,11 @@ pub async fn run(
         match polled {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 tracing::info!("connected to the MQTT broker");
+                unacked = 0;
                 for f in filter::coordinator() {
-                    if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
-                        tracing::error!(filter = %f, error = %e, "subscribe failed");
+                    match client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
+                        Ok(()) => unacked += 1,
+                        Err(e) => tracing::error!(filter = %f, error = %e, "subscribe failed"),
                     }
                 }
                 if to_dispatcher.send(LinkEvent::Connected).await.is_err() {
@@ -91,6 +97,14 @@ pub async fn run(
                 };
                 if to_dispatcher.send(msg).await.is_err() {
                     break;
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                unacked = unacked.saturating_sub(1);
+                if unacked == 0
+                    && let Some(tx) = subscribed.take()
+                {
+                    let _ = tx.send(());
                 }
             }
             Ok(_) => {}
