@@ -6,7 +6,9 @@
 //! `cargo bench -p munifab-coordinator --bench dispatch_latency`
 //! (`MUNIFAB_BENCH_AGENTS`, default 1000; `MUNIFAB_BENCH_JOBS`, default = agents;
 //! `MUNIFAB_BENCH_COORDINATOR=PATH` runs another build of the coordinator, e.g. one of
-//! `main`, to compare before and after in the same period on a shared machine).
+//! `main`, to compare before and after in the same period on a shared machine;
+//! `MUNIFAB_BENCH_BREAKDOWN=1` first measures the memory of each part of the agents'
+//! protocol on its own: connections, subscriptions, status and state, retained or not).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -88,14 +90,41 @@ fn rss_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// What the simulated agents do once connected: the whole protocol, or a part of it to see
+/// what each part costs the coordinator's memory (`MUNIFAB_BENCH_BREAKDOWN=1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// CONNECT only.
+    Connect,
+    /// CONNECT and the `commands` subscription.
+    Subscribe,
+    /// Subscription, status and machine state, as agents do, but not retained.
+    NotRetained,
+    /// Everything, as agents do.
+    Full,
+}
+
+impl Load {
+    fn describe(self) -> &'static str {
+        match self {
+            Load::Connect => "connected only",
+            Load::Subscribe => "connected and subscribed",
+            Load::NotRetained => "status and state published, not retained",
+            Load::Full => "status and state published and retained, as agents do",
+        }
+    }
+}
+
 /// One simulated agent: announces one ready machine, reports each assign it receives.
 fn spawn_agent(
     host: String,
     port: u16,
     id: AgentId,
     token: String,
+    load: Load,
+    settled: mpsc::UnboundedSender<()>,
     assigned: mpsc::UnboundedSender<(String, Instant, f64)>,
-) {
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let key = SigningKey::derive(&token);
         let mut o = MqttOptions::new(id.as_str(), host, port);
@@ -106,8 +135,16 @@ fn spawn_agent(
         loop {
             match events.poll().await {
                 Ok(rumqttc::Event::Incoming(Packet::ConnAck(_))) => {
+                    if load == Load::Connect {
+                        let _ = settled.send(());
+                        continue;
+                    }
                     let _ = client
                         .try_subscribe(Topic::Commands(id.clone()).to_string(), QoS::AtLeastOnce);
+                    if load == Load::Subscribe {
+                        continue;
+                    }
+                    let retain = load == Load::Full;
                     let t = Topic::Status(id.clone());
                     let status = Message::stamped(StatusBody::AgentStatus(AgentStatus {
                         state: Presence::Online,
@@ -117,7 +154,7 @@ fn spawn_agent(
                         last_will: false,
                     }));
                     let payload = key.sign(&t.to_string(), &status.to_json());
-                    let _ = client.try_publish(t.to_string(), QoS::AtLeastOnce, true, payload);
+                    let _ = client.try_publish(t.to_string(), QoS::AtLeastOnce, retain, payload);
                     let t = Topic::MachineState(id.clone(), machine.clone());
                     let state = Message::stamped(StateBody::MachineState(MachineState {
                         machine: machine.clone(),
@@ -128,7 +165,12 @@ fn spawn_agent(
                         detail: None,
                     }));
                     let payload = key.sign(&t.to_string(), &state.to_json());
-                    let _ = client.try_publish(t.to_string(), QoS::AtLeastOnce, true, payload);
+                    let _ = client.try_publish(t.to_string(), QoS::AtLeastOnce, retain, payload);
+                }
+                Ok(rumqttc::Event::Incoming(Packet::SubAck(_))) => {
+                    if load == Load::Subscribe {
+                        let _ = settled.send(());
+                    }
                 }
                 Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => {
                     let at = Instant::now();
@@ -144,7 +186,32 @@ fn spawn_agent(
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
-    });
+    })
+}
+
+/// Waits until the embedded broker serves agents: a CONNECT without a valid token is
+/// answered with a refusal.
+async fn wait_serving(host: &str, port: u16) {
+    let mut o = MqttOptions::new("bench-probe", host, port);
+    o.set_credentials("bench-probe", "not-a-token");
+    let (_client, mut events) = AsyncClient::new(o, 1);
+    loop {
+        match events.poll().await {
+            Err(rumqttc::ConnectionError::ConnectionRefused(_)) => return,
+            Ok(_) => {}
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// The RSS added per 1,000 machines between half the fleet and all of it: the cost of one
+/// more machine, free of whatever the first ones set up once.
+fn marginal_per_1000(by_fleet: &[(usize, u64)]) -> Option<f64> {
+    let (n, last) = *by_fleet.last()?;
+    let (m, half) = *by_fleet.iter().find(|(m, _)| *m >= n / 2)?;
+    (n > m)
+        .then(|| last as f64 / 1024.0 - half as f64 / 1024.0)
+        .map(|d| d * 1000.0 / (n - m) as f64)
 }
 
 /// Removes the retained status and state this benchmark's agents leave on a broker, so a
@@ -196,11 +263,19 @@ struct Run {
     idle_kib: u64,
     connected_kib: u64,
     embedded: bool,
+    /// RSS with 0, 100, 200… machines connected.
+    by_fleet: Vec<(usize, u64)>,
     rss_kib: u64,
     peak_kib: u64,
 }
 
-async fn run(agents: usize, jobs: usize, warmup: usize, external: Option<String>) -> Run {
+async fn run(
+    agents: usize,
+    jobs: usize,
+    warmup: usize,
+    external: Option<String>,
+    load: Load,
+) -> Run {
     let dir = std::env::temp_dir().join(format!("munifab-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let store = Store::open_sqlite(&dir.join("munifab.db")).await.unwrap();
@@ -286,18 +361,45 @@ async fn run(agents: usize, jobs: usize, warmup: usize, external: Option<String>
         assert!(child.try_wait().unwrap().is_none(), "coordinator exited");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    if external.is_none() {
+        // Idle means started: the embedded broker serves agents once the coordinator has
+        // subscribed, and what it sets up until then is not the fleet's.
+        wait_serving(&host, port).await;
+    }
     let idle_kib = rss_kib(child.id()).0;
+    let mut by_fleet = Vec::new();
 
     let (tx, mut assigned) = mpsc::unbounded_channel();
+    let (settled_tx, mut settled) = mpsc::unbounded_channel();
+    let mut fleet = Vec::with_capacity(agents);
     let started = Instant::now();
     // Agents come online in batches, as sites do: a burst of thousands of retained
     // messages at once overflows a default Mosquitto's per-client queue (1000 messages).
     let mut connected = 0;
     for batch in agent_tokens.chunks(100) {
+        by_fleet.push((connected, rss_kib(child.id()).0));
         for (id, secret) in batch {
-            spawn_agent(host.clone(), port, id.clone(), secret.clone(), tx.clone());
+            fleet.push(spawn_agent(
+                host.clone(),
+                port,
+                id.clone(),
+                secret.clone(),
+                load,
+                settled_tx.clone(),
+                tx.clone(),
+            ));
         }
         connected += batch.len();
+        if matches!(load, Load::Connect | Load::Subscribe) {
+            // Nothing reaches the API: wait for the broker's own answers.
+            for _ in batch {
+                tokio::time::timeout(Duration::from_secs(60), settled.recv())
+                    .await
+                    .expect("the broker answers within 60 s")
+                    .unwrap();
+            }
+            continue;
+        }
         loop {
             let r = http::request(api, "GET", "/api/v1/machines", Some(&admin), &[], b"").await;
             let ready = r
@@ -318,7 +420,9 @@ async fn run(agents: usize, jobs: usize, warmup: usize, external: Option<String>
         }
     }
     let connect_s = started.elapsed().as_secs_f64();
+    by_fleet.push((connected, rss_kib(child.id()).0));
     let connected_kib = rss_kib(child.id()).0;
+    let jobs = if load == Load::Full { jobs } else { 0 };
 
     let mut e2e = Vec::new();
     let mut http_ms = Vec::new();
@@ -366,6 +470,11 @@ async fn run(agents: usize, jobs: usize, warmup: usize, external: Option<String>
     };
     let count = value("munifab_dispatch_latency_seconds_count");
     let internal_mean_ms = value("munifab_dispatch_latency_seconds_sum") * 1000.0 / count.max(1.0);
+    // The agents go with their run: left running, they would reconnect to a broker the next
+    // run uses with the same ids and stale keys.
+    for agent in fleet {
+        agent.abort();
+    }
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -386,6 +495,7 @@ async fn run(agents: usize, jobs: usize, warmup: usize, external: Option<String>
         idle_kib,
         connected_kib,
         embedded: external.is_none(),
+        by_fleet,
         rss_kib: rss,
         peak_kib: peak,
     }
@@ -413,8 +523,32 @@ fn main() {
         )
     };
     let mib = |kib: u64| kib as f64 / 1024.0;
+    let per_1000 = |kib: u64| mib(kib) * 1000.0 / agents.max(1) as f64;
+    if std::env::var_os("MUNIFAB_BENCH_BREAKDOWN").is_some() {
+        // What each part of the agents' protocol costs the coordinator's memory, with no jobs:
+        // each line is its own coordinator process, so the parts can be subtracted.
+        for broker in &brokers {
+            for load in [
+                Load::Connect,
+                Load::Subscribe,
+                Load::NotRetained,
+                Load::Full,
+            ] {
+                let r = rt.block_on(run(agents, 0, 0, broker.clone(), load));
+                println!(
+                    "memory over the {}: {} agents {}: RSS growth {:.1} MiB per 1,000 over idle ({:.1} MiB), {:.1} MiB per 1,000 from half the fleet to all",
+                    r.label,
+                    r.agents,
+                    load.describe(),
+                    per_1000(r.connected_kib.saturating_sub(r.idle_kib)),
+                    mib(r.idle_kib),
+                    marginal_per_1000(&r.by_fleet).unwrap_or(f64::NAN),
+                );
+            }
+        }
+    }
     for broker in brokers {
-        let mut r = rt.block_on(run(agents, jobs, warmup, broker));
+        let mut r = rt.block_on(run(agents, jobs, warmup, broker, Load::Full));
         for v in [
             &mut r.e2e_ms,
             &mut r.http_ms,
@@ -457,8 +591,14 @@ fn main() {
         );
         println!(
             "  RSS growth per 1,000 machines: {:.1} MiB connected, {:.1} MiB after the jobs (goal <= 10 MB = 9.5 MiB)",
-            mib(r.connected_kib.saturating_sub(r.idle_kib)) * 1000.0 / r.agents.max(1) as f64,
-            mib(r.rss_kib.saturating_sub(r.idle_kib)) * 1000.0 / r.agents.max(1) as f64,
+            per_1000(r.connected_kib.saturating_sub(r.idle_kib)),
+            per_1000(r.rss_kib.saturating_sub(r.idle_kib)),
+        );
+        println!(
+            "  RSS added per 1,000 machines from {} to {} connected: {:.1} MiB",
+            r.agents / 2,
+            r.agents,
+            marginal_per_1000(&r.by_fleet).unwrap_or(f64::NAN),
         );
         if r.embedded {
             // rumqttd 0.20 sizes these per connection with constants its configuration does
