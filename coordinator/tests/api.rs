@@ -876,6 +876,19 @@ async fn the_openapi_document_describes_every_route() {
         );
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    let changes = &doc["paths"]["/api/v1/changes"]["get"];
+    let params: Vec<&str> = changes["parameters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(params, ["after", "wait_ms"], "{changes}");
+    assert!(
+        doc["components"]["schemas"]["Revision"].is_object(),
+        "the answer's schema: {}",
+        doc["components"]["schemas"]
+    );
 }
 
 #[tokio::test]
