@@ -2,7 +2,7 @@
 //! and the HTTP API, started in order and stopped in order.
 //!
 //! Shutdown (one cancellation token): HTTP stops accepting and finishes in-flight
-//! requests; the dispatcher stops between two steps; the link disconnects; the database
+//! requests (a waiting `GET /api/v1/changes` answers at once); the dispatcher stops between two steps; the link disconnects; the database
 //! closes. The embedded rumqttd thread ends with the process.
 
 use std::net::SocketAddr;
@@ -199,7 +199,11 @@ pub async fn start(
             every.duration(),
             clock.clone(),
             shutdown.clone(),
-            |_| {},
+            {
+                // Every sync records when each source was synced, which the API shows.
+                let store = store.clone();
+                move |_| store.bump_revision()
+            },
         ))),
         _ => None,
     };
@@ -301,6 +305,7 @@ pub async fn start(
         metrics,
         kick: kick.clone(),
         clock,
+        shutdown: shutdown.clone(),
     };
     let app = api::app(state);
     let stop = shutdown.clone();

@@ -18,6 +18,7 @@ use munifab_coordinator::metrics::Metrics;
 use munifab_coordinator::store::{Job, NewToken};
 use munifab_protocol::{JobId, MachineStatus};
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 const LIMIT: u64 = 4096;
@@ -31,6 +32,8 @@ struct Harness {
     app: Router,
     artifacts: ArtifactStore,
     catalog: Option<Arc<Catalog>>,
+    /// The server's shutdown signal, as `serve` would fire it.
+    shutdown: CancellationToken,
 }
 
 /// A git repository of designs made in the test: the sample repository's calibration cube
@@ -128,6 +131,7 @@ impl Harness {
             )
         });
         let artifacts = ArtifactStore::new(db.dir.join("artifacts"));
+        let shutdown = CancellationToken::new();
         let state = AppState {
             store: db.store.clone(),
             artifacts: artifacts.clone(),
@@ -144,12 +148,14 @@ impl Harness {
                 )
                 .unwrap(),
             ),
+            shutdown: shutdown.clone(),
         };
         Harness {
             app: app(state),
             db,
             artifacts,
             catalog,
+            shutdown,
         }
     }
 
@@ -315,6 +321,7 @@ async fn every_route_checks_role_and_scope() {
         "operator:b",
     ][..];
     let job_access = &["admin", "coop-admin:a", "maker:a", "operator:a"][..];
+    let everyone: Vec<&str> = tokens.iter().map(|(name, _)| *name).collect();
     let routes: Vec<(&str, String, &str, &[&str])> = vec![
         (
             "POST",
@@ -464,6 +471,13 @@ async fn every_route_checks_role_and_scope() {
             "/api/v1/audit".into(),
             "",
             &["admin", "coop-admin:a", "coop-admin:b"],
+        ),
+        // It reveals only a counter; `wait_ms=0` answers at once whatever the revision.
+        (
+            "GET",
+            "/api/v1/changes?after=0&wait_ms=0".into(),
+            "",
+            &everyone,
         ),
     ];
     let mut checked = 0;
@@ -854,6 +868,7 @@ async fn the_openapi_document_describes_every_route() {
         "/api/v1/quotas",
         "/api/v1/quotas/{cooperative}",
         "/api/v1/audit",
+        "/api/v1/changes",
     ] {
         assert!(
             paths.contains_key(p),
@@ -861,6 +876,19 @@ async fn the_openapi_document_describes_every_route() {
         );
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    let changes = &doc["paths"]["/api/v1/changes"]["get"];
+    let params: Vec<&str> = changes["parameters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(params, ["after", "wait_ms"], "{changes}");
+    assert!(
+        doc["components"]["schemas"]["Revision"].is_object(),
+        "the answer's schema: {}",
+        doc["components"]["schemas"]
+    );
 }
 
 #[tokio::test]
@@ -1356,4 +1384,173 @@ async fn the_cooperative_model_is_managed_validated_and_audited() {
         audit[0]["actor"].as_str().unwrap().contains("test"),
         "{audit:?}"
     );
+}
+
+fn changes(token: Option<&str>, query: &str) -> Request<Body> {
+    req("GET", &format!("/api/v1/changes{query}"), token)
+        .body(Body::empty())
+        .unwrap()
+}
+
+fn revision_of(status: StatusCode, body: &Value) -> u64 {
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["revision"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no revision in {body}"))
+}
+
+/// Starts `GET /changes?after={after}&wait_ms=60000` and returns once it waits in the store.
+async fn waiting_request(
+    h: &Harness,
+    token: &str,
+    after: u64,
+) -> tokio::task::JoinHandle<Result<axum::response::Response, std::convert::Infallible>> {
+    let request = changes(Some(token), &format!("?after={after}&wait_ms=60000"));
+    let pending = tokio::spawn(h.app.clone().oneshot(request));
+    // The request looks its token up first; it waits once it subscribed to the revision.
+    while h.db.store.revision_waiters() == 0 {
+        if pending.is_finished() {
+            let answer = pending.await.unwrap().unwrap();
+            panic!("answered {} before anything changed", answer.status());
+        }
+        tokio::task::yield_now().await;
+    }
+    pending
+}
+
+async fn body_json(response: axum::response::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+#[tokio::test]
+async fn changes_answers_at_once_when_the_revision_is_not_the_one_the_client_saw() {
+    let h = Harness::new().await;
+    let maker = h.token(Role::Maker, Some("coop-a")).await;
+    // Without `after`: the current revision.
+    let (s, b) = h.json(changes(Some(&maker), "")).await;
+    let seen = revision_of(s, &b);
+    assert_eq!(seen, h.db.store.revision());
+
+    h.db.store.submit_job(new_job("coop-a"), 5).await.unwrap();
+    // The full minute is asked for; the moved revision answers it without waiting (the
+    // bound only turns a wrong wait into a failure instead of a slow pass).
+    let asked = changes(Some(&maker), &format!("?after={seen}&wait_ms=60000"));
+    let (s, b) = tokio::time::timeout(std::time::Duration::from_secs(30), h.json(asked))
+        .await
+        .expect("answered without waiting for a change");
+    let now = revision_of(s, &b);
+    assert_ne!(now, seen, "a write moved it");
+    assert_eq!(now, h.db.store.revision());
+
+    // A number from a coordinator that has since restarted is answered at once as well.
+    let stale = now.wrapping_add(12_345);
+    let asked = changes(Some(&maker), &format!("?after={stale}&wait_ms=60000"));
+    let (s, b) = tokio::time::timeout(std::time::Duration::from_secs(30), h.json(asked))
+        .await
+        .expect("answered without waiting for a change");
+    assert_eq!(revision_of(s, &b), now);
+}
+
+#[tokio::test]
+async fn a_waiting_changes_request_is_answered_by_a_write_made_after_it_started() {
+    let h = Harness::new().await;
+    let operator = h.token(Role::Operator, Some("site-a")).await;
+    let seen = h.db.store.revision();
+    let pending = waiting_request(&h, &operator, seen).await;
+    h.db.store
+        .put_cooperative(
+            &munifab_coordinator::store::CooperativeRecord {
+                id: "coop-w".into(),
+                name: "Woken".into(),
+            },
+            "test",
+            7,
+        )
+        .await
+        .unwrap();
+    let (s, b) = body_json(pending.await.unwrap().unwrap()).await;
+    let now = revision_of(s, &b);
+    assert_ne!(now, seen, "{b}");
+    assert_eq!(now, h.db.store.revision());
+}
+
+#[tokio::test]
+async fn a_changes_request_that_sees_no_change_answers_its_own_revision_when_its_wait_ends() {
+    let h = Harness::new().await;
+    let agent = h.token(Role::Agent, Some("lab-a")).await;
+    let seen = h.db.store.revision();
+    for wait in ["0", "1", "20"] {
+        let (s, b) = h
+            .json(changes(
+                Some(&agent),
+                &format!("?after={seen}&wait_ms={wait}"),
+            ))
+            .await;
+        assert_eq!(revision_of(s, &b), seen, "wait_ms={wait}: nothing changed");
+    }
+}
+
+#[tokio::test]
+async fn a_waiting_changes_request_answers_when_the_server_shuts_down() {
+    let h = Harness::new().await;
+    let admin = h.token(Role::Admin, None).await;
+    let seen = h.db.store.revision();
+    let pending = waiting_request(&h, &admin, seen).await;
+    h.shutdown.cancel();
+    // It asked for a minute; the bound only turns waiting it out into a failure.
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), pending)
+        .await
+        .expect("answered at the shutdown, not at the end of its wait");
+    let (s, b) = body_json(answer.unwrap().unwrap()).await;
+    assert_eq!(
+        revision_of(s, &b),
+        seen,
+        "nothing changed; the server is going away"
+    );
+}
+
+#[tokio::test]
+async fn changes_refuses_bad_parameters_and_callers_without_a_token() {
+    let h = Harness::new().await;
+    let admin = h.token(Role::Admin, None).await;
+    for query in [
+        "?after=abc",
+        "?after=-1",
+        "?after=1.5",
+        "?wait_ms=soon",
+        "?wait_ms=-5",
+        "?after=1&wait_ms=60001",
+        "?since=3",
+    ] {
+        let (s, b) = h.json(changes(Some(&admin), query)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{query}: {b}");
+        assert_eq!(b["error"]["code"], "bad_request", "{query}: {b}");
+        assert!(
+            !b["error"]["message"].as_str().unwrap_or("").is_empty(),
+            "{query}: {b}"
+        );
+    }
+    let (_, b) = h
+        .json(changes(Some(&admin), "?after=1&wait_ms=60001"))
+        .await;
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("60000"),
+        "the limit is named: {b}"
+    );
+    // The longest wait is accepted (and answered at once, the revision being another).
+    let other = h.db.store.revision().wrapping_add(1);
+    let (s, b) = h
+        .json(changes(
+            Some(&admin),
+            &format!("?after={other}&wait_ms=60000"),
+        ))
+        .await;
+    assert_eq!(revision_of(s, &b), h.db.store.revision());
+    let (s, b) = h.json(changes(None, "?after=1&wait_ms=0")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+    assert_eq!(b["error"]["code"], "unauthorized", "{b}");
 }

@@ -1365,3 +1365,210 @@ async fn pruning_forgets_old_message_ids_and_answered_commands_but_keeps_pending
         );
     }
 }
+
+/// Runs `write` and checks that it moved the store's revision.
+async fn moves<T>(
+    s: &munifab_coordinator::store::Store,
+    db: &str,
+    what: &str,
+    write: impl std::future::Future<Output = T>,
+) -> T {
+    let before = s.revision();
+    let out = write.await;
+    assert_ne!(s.revision(), before, "{db}: {what} must move the revision");
+    out
+}
+
+#[tokio::test]
+async fn every_kind_of_write_the_api_shows_moves_the_revision_that_all_clones_share() {
+    use munifab_coordinator::store::{CooperativeRecord, PoolRecord, QuotaRecord, SiteRecord};
+    for db in each_db().await {
+        let (s, n) = (&db.store, db.name.as_str());
+        let clone = s.clone();
+        let (a, m) = (agent("lab-a"), machine("mk3"));
+        let new_admin = NewToken {
+            grant: Grant::Admin,
+            label: "rev".into(),
+        };
+        let (token, _) = moves(s, n, "a new token", s.create_token(&new_admin, 1))
+            .await
+            .unwrap();
+        assert_eq!(clone.revision(), s.revision(), "{n}: clones share it");
+        moves(
+            s,
+            n,
+            "registering an agent",
+            s.register_agent(&a, Some("lab"), 2),
+        )
+        .await
+        .unwrap();
+        moves(
+            s,
+            n,
+            "an agent's status",
+            s.set_agent_status(&a, &online("lab"), 3),
+        )
+        .await
+        .unwrap();
+        let attention = machine_state("mk3", MachineStatus::NeedsAttention);
+        moves(
+            s,
+            n,
+            "a machine's state",
+            s.set_machine_state(&a, &attention, 4),
+        )
+        .await
+        .unwrap();
+        moves(
+            s,
+            n,
+            "a readiness confirmation",
+            s.confirm_ready(&a, &m, false, "op", 5),
+        )
+        .await
+        .unwrap();
+        moves(
+            s,
+            n,
+            "a machine's profile",
+            s.set_machine_profile(&a, &m, "generic", 120),
+        )
+        .await
+        .unwrap();
+        let job = moves(s, n, "a submission", s.submit_job(new_job("coop-a"), 6))
+            .await
+            .unwrap();
+        let (job, _) = moves(
+            s,
+            n,
+            "an assignment",
+            s.assign_job(job.id, &a, &m, 7, assign_command),
+        )
+        .await
+        .unwrap();
+        let accepted = event(Event::Accepted(job_ref(job.id, "mk3", 1, 0)));
+        moves(
+            s,
+            n,
+            "an agent's event",
+            s.apply_event(&a, &accepted, MAX_REJECTIONS, 8),
+        )
+        .await
+        .unwrap();
+        // The same message again is dropped by its id: nothing the API shows changed.
+        let before = s.revision();
+        assert_eq!(
+            s.apply_event(&a, &accepted, MAX_REJECTIONS, 9)
+                .await
+                .unwrap(),
+            EventOutcome::Duplicate
+        );
+        assert_eq!(s.revision(), before, "{n}: a duplicate moves nothing");
+        let queued = s.submit_job(new_job("coop-a"), 10).await.unwrap();
+        moves(s, n, "a cancellation", s.cancel_job(queued.id, 11))
+            .await
+            .unwrap();
+        let other = s.submit_job(new_job("coop-a"), 12).await.unwrap();
+        moves(
+            s,
+            n,
+            "a transition by hand",
+            s.transition_job(other.id, JobState::Failed, "test", None, 13),
+        )
+        .await
+        .unwrap();
+        let coop = CooperativeRecord {
+            id: "coop-a".into(),
+            name: "A".into(),
+        };
+        moves(s, n, "a cooperative", s.put_cooperative(&coop, "t", 14))
+            .await
+            .unwrap();
+        let site = SiteRecord {
+            id: "lab".into(),
+            name: "Lab".into(),
+            region: "valley".into(),
+            lat: 47.5,
+            lon: 8.7,
+        };
+        moves(s, n, "a site", s.put_site(&site, "t", 15))
+            .await
+            .unwrap();
+        let pool = PoolRecord {
+            id: "valley".into(),
+            name: "Valley".into(),
+            machines: vec!["lab-a/mk3".into()],
+            members: [("coop-a".to_string(), 1)].into(),
+        };
+        moves(s, n, "a pool", s.put_pool(&pool, "t", 16))
+            .await
+            .unwrap();
+        let quota = QuotaRecord {
+            cooperative: "coop-a".into(),
+            machine_hours: 10,
+            period_days: 30,
+            period_start_ms: 0,
+        };
+        moves(s, n, "a quota", s.put_quota(&quota, "t", 17))
+            .await
+            .unwrap();
+        moves(
+            s,
+            n,
+            "an agent going away",
+            s.set_agent_status(&a, &offline(), 18),
+        )
+        .await
+        .unwrap();
+        let lost = moves(
+            s,
+            n,
+            "a lost job requeued",
+            s.expire_lost_jobs(100, LostPolicy::Requeue, 19),
+        )
+        .await
+        .unwrap();
+        assert_eq!(lost.len(), 1, "{n}");
+        moves(s, n, "revoking a token", s.revoke_token(&token.id, 20))
+            .await
+            .unwrap();
+        let before = s.revision();
+        s.revoke_token(&token.id, 21).await.unwrap();
+        assert_eq!(s.revision(), before, "{n}: revoking again changes nothing");
+        assert_eq!(clone.revision(), s.revision(), "{n}");
+    }
+}
+
+#[tokio::test]
+async fn a_waiter_is_answered_at_once_by_another_revision_by_the_next_write_or_by_its_timeout() {
+    use std::future::Future;
+    use std::task::Poll;
+    use std::time::Duration;
+    for db in each_db().await {
+        let (s, n) = (&db.store, db.name.as_str());
+        let seen = s.revision();
+        // Looked at once: another number (a restarted coordinator's) is answered at once.
+        let mut stale = std::pin::pin!(s.changed_since(seen.wrapping_add(1), Duration::MAX));
+        let first = std::future::poll_fn(|cx| Poll::Ready(stale.as_mut().poll(cx))).await;
+        assert_eq!(first, Poll::Ready(seen), "{n}");
+
+        // The current number waits, and the next write answers it (were the write to wake
+        // nothing, the wait would end after its minute with `seen` and fail below).
+        let mut wait = std::pin::pin!(s.changed_since(seen, Duration::from_secs(60)));
+        let first = std::future::poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx))).await;
+        assert_eq!(first, Poll::Pending, "{n}: nothing changed yet");
+        assert_eq!(s.revision_waiters(), 1, "{n}");
+        s.clone().submit_job(new_job("coop-a"), 1).await.unwrap();
+        let woken = wait.await;
+        assert_ne!(woken, seen, "{n}");
+        assert_eq!(woken, s.revision(), "{n}");
+        assert_eq!(s.revision_waiters(), 0, "{n}");
+
+        // Nothing changes: the wait ends with the same number.
+        assert_eq!(
+            s.changed_since(woken, Duration::from_millis(5)).await,
+            woken,
+            "{n}"
+        );
+    }
+}

@@ -115,6 +115,32 @@ impl Client {
         .await
     }
 
+    /// `GET /api/v1/changes`: the coordinator's revision, at once without `after`, else once
+    /// it differs from `after` or `wait` has passed (then equal to `after`). `Err` when the
+    /// coordinator gave no answer (it is down or restarting); an answer other than 200 fails
+    /// the test.
+    pub async fn changes(&self, after: Option<u64>, wait: Duration) -> Result<u64, String> {
+        let path = match after {
+            Some(after) => format!("/api/v1/changes?after={after}&wait_ms={}", wait.as_millis()),
+            None => "/api/v1/changes".to_string(),
+        };
+        let r = match tokio::time::timeout(
+            wait + REQUEST_TIMEOUT,
+            self.exchange("GET", &path, None, b""),
+        )
+        .await
+        {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(format!("GET {path} at {}: {e}", self.addr)),
+            Err(_) => return Err(format!("GET {path}: no answer")),
+        };
+        assert_eq!(r.status, 200, "GET {path}: {r}");
+        let revision = r.json()["revision"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("GET {path}: no revision in {r}"));
+        Ok(revision)
+    }
+
     /// One request on a fresh connection.
     pub async fn request(
         &self,

@@ -23,8 +23,12 @@ use crate::services;
 
 /// How long a process may take to say it is ready (a debug build on a busy 2-core machine).
 const START_PATIENCE: Duration = Duration::from_secs(60);
-/// How often a condition is polled through the API.
-const POLL: Duration = Duration::from_millis(50);
+/// The longest single wait for a change in [`eventually`]: below the coordinator's cap
+/// (60 s) and well inside the client's request timeout.
+const LONGEST_WAIT: Duration = Duration::from_secs(20);
+/// When the coordinator gives no answer (killed, restarting) there is no change to await
+/// until it is back: [`eventually`] runs the probe again after this pause.
+const NO_ANSWER_RETRY: Duration = Duration::from_millis(50);
 
 /// Which broker and database an installation uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,30 +82,50 @@ pub fn unique() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..10].to_string()
 }
 
-/// Polls `probe` every 50 ms until it returns `Ok`; after `within` fails with `what` and
-/// the last `Err` (what the probe saw instead).
+/// Runs `probe` until it returns `Ok`; after `within` fails with `what` and the last `Err`
+/// (what the probe saw instead).
 ///
-/// The coordinator runs as a separate process and its HTTP API has no push channel, so a
-/// condition on its state (a job's end, a machine's readiness) can only be observed by
-/// asking again; the pause is the interval between questions, never a guess at how long
-/// something takes, and the deadline turns a hang into a failure that names what was
-/// awaited.
+/// Between probes it awaits the coordinator's next change through `api` (any token:
+/// `GET /api/v1/changes`, a long poll on the revision every write through the coordinator's
+/// store moves) instead of asking again on a timer. The revision is read before each probe,
+/// so a change made while the probe runs answers the next wait at once. A condition a probe
+/// awaits must therefore be one such a write signals — a job's state or progress, a
+/// machine's state or readiness, an agent's presence or version — never something outside
+/// the coordinator's store (a process's log or exit: race those against this, as
+/// [`Agent::start`] does). Each wait ends by the deadline, which turns a hang into a failure
+/// that names what was awaited.
+///
+/// When the coordinator gives no answer (a test killed it, or it is restarting) the failed
+/// long poll does not fail the test: the probe runs again shortly after, still bounded by
+/// the deadline, so the test's own checks (e.g. [`Coordinator::assert_running`]) decide.
 pub async fn eventually<T>(
     what: &str,
     within: Duration,
+    api: &Client,
     mut probe: impl AsyncFnMut() -> Result<T, String>,
 ) -> T {
     let deadline = Instant::now() + within;
+    let mut revision: Option<u64> = None;
     loop {
+        if revision.is_none() {
+            revision = api.changes(None, Duration::ZERO).await.ok();
+        }
         let seen = match probe().await {
             Ok(v) => return v,
             Err(seen) => seen,
         };
+        let left = deadline.saturating_duration_since(Instant::now());
         assert!(
-            Instant::now() < deadline,
+            !left.is_zero(),
             "{what}: not within {within:?}; last seen: {seen}"
         );
-        tokio::time::sleep(POLL).await;
+        revision = match revision {
+            Some(after) => api.changes(Some(after), left.min(LONGEST_WAIT)).await.ok(),
+            None => None,
+        };
+        if revision.is_none() {
+            tokio::time::sleep(NO_ANSWER_RETRY.min(left)).await;
+        }
     }
 }
 
@@ -494,35 +518,36 @@ impl Agent {
     }
 
     /// Starts `munifab-agent run` and waits until the coordinator lists all its machines
-    /// (so it is connected and announced them).
+    /// (so it is connected and announced them). An agent that exits first fails the test
+    /// with its log at once: its exit is no write to the coordinator's store (before it
+    /// connected, nothing there notices), so it is watched on the process itself.
     pub async fn start(&mut self, api: &Client) {
         let mut c = command("munifab-agent");
         c.arg("run").arg("--config").arg(&self.config);
-        self.process = Some(Process::spawn(format!("agent {}", self.id), c));
+        let process = self
+            .process
+            .insert(Process::spawn(format!("agent {}", self.id), c));
         let (id, want) = (self.id.clone(), self.machines.len());
-        eventually(
-            &format!("agent {id} online with {want} machines"),
-            START_PATIENCE,
-            async || {
-                if let Some(p) = &mut self.process {
-                    p.assert_running();
-                }
-                let machines = api.get_json("/api/v1/machines").await;
-                let mine = machines
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|m| m["agent"] == id.as_str() && m["agent_online"] == true)
-                    .filter(|m| m["state"] != "offline")
-                    .count();
-                if mine == want {
-                    Ok(())
-                } else {
-                    Err(machines.to_string())
-                }
-            },
-        )
-        .await;
+        let what = format!("agent {id} online with {want} machines");
+        let online = eventually(&what, START_PATIENCE, api, async || {
+            let machines = api.get_json("/api/v1/machines").await;
+            let mine = machines
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|m| m["agent"] == id.as_str() && m["agent_online"] == true)
+                .filter(|m| m["state"] != "offline")
+                .count();
+            if mine == want {
+                Ok(())
+            } else {
+                Err(machines.to_string())
+            }
+        });
+        tokio::select! {
+            () = online => {}
+            () = process.fail_on_exit() => {}
+        }
     }
 
     /// Waits until the agent logs a line containing `needle`; returns it.

@@ -100,6 +100,8 @@ pub(super) async fn sync(State(st): State<AppState>, caller: Caller) -> Result<R
     let now = time::OffsetDateTime::from_unix_timestamp(st.now().div_euclid(1000))
         .map_err(ApiError::internal)?;
     let report = blocking(move || Ok(catalog.sync(now))).await?;
+    // The designs and each source's last sync changed, as far as `/changes` is concerned.
+    st.store.bump_revision();
     Ok(Json(report).into_response())
 }
 

@@ -5,6 +5,7 @@
 mod agents;
 mod artifacts;
 mod catalog;
+mod changes;
 mod coop;
 mod error;
 mod jobs;
@@ -20,8 +21,10 @@ use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
+pub use changes::{DEFAULT_WAIT_MS, MAX_WAIT_MS};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 
 use crate::artifacts::ArtifactStore;
@@ -67,6 +70,9 @@ pub struct AppState {
     pub catalog: Option<Arc<Catalog>>,
     /// Machine profiles (`[catalog] profiles_dir`), for binding machines to a profile.
     pub profiles: Arc<BTreeMap<ProfileId, MachineProfile>>,
+    /// Fires when the server shuts down: a waiting `GET /changes` answers then, so it does
+    /// not hold up the graceful shutdown.
+    pub shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for AppState {
@@ -108,6 +114,7 @@ pub fn app(state: AppState) -> Router {
         .merge(ledger::router())
         .merge(catalog::router())
         .merge(coop::router())
+        .merge(changes::router())
         .route(
             "/openapi.json",
             axum::routing::get(|| async { axum::Json(ApiDoc::openapi()) }),
@@ -190,6 +197,7 @@ impl FromRequestParts<AppState> for Caller {
         coop::list_quotas,
         coop::put_quota,
         coop::list_audit,
+        changes::changes,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth)

@@ -136,6 +136,26 @@ impl Api {
         self.expect(Method::GET, token, path, Body::None).await
     }
 
+    /// `GET /api/v1/changes`: the coordinator's revision, at once without `after`, else once
+    /// it differs from `after` or `wait` has passed (then equal to `after`).
+    pub async fn changes(
+        &self,
+        token: &str,
+        after: Option<u64>,
+        wait: Duration,
+    ) -> anyhow::Result<u64> {
+        #[derive(serde::Deserialize)]
+        struct Revision {
+            revision: u64,
+        }
+        let path = match after {
+            Some(after) => format!("/api/v1/changes?after={after}&wait_ms={}", wait.as_millis()),
+            None => "/api/v1/changes".to_string(),
+        };
+        let r: Revision = self.get(token, &path).await?;
+        Ok(r.revision)
+    }
+
     /// `method path` with a JSON body, expecting 2xx.
     pub async fn json<T: DeserializeOwned>(
         &self,
@@ -180,5 +200,60 @@ impl Api {
         form = form.part("file", file);
         self.send(Method::POST, token, "/api/v1/jobs", Body::Form(form))
             .await
+    }
+}
+
+/// When the coordinator gives no answer to a long poll there is no change to await until it
+/// answers again: [`Changes::wait`] returns after this pause instead.
+const NO_ANSWER_RETRY: Duration = Duration::from_millis(200);
+
+/// A loop's view of the coordinator's revision: read what you await, and if it is not there
+/// yet, wait for the next change (`GET /api/v1/changes`) rather than a timer.
+#[derive(Debug)]
+pub struct Changes<'a> {
+    api: &'a Api,
+    token: &'a str,
+    seen: Option<u64>,
+}
+
+impl<'a> Changes<'a> {
+    /// Follows the revision of `api` as the holder of `token` (any role).
+    pub fn new(api: &'a Api, token: &'a str) -> Self {
+        Self {
+            api,
+            token,
+            seen: None,
+        }
+    }
+
+    /// Call before each read: notes the current revision (unless the last wait returned
+    /// it), so a change made during the read answers the next wait at once.
+    pub async fn before_read(&mut self) {
+        if self.seen.is_none() {
+            self.seen = self.ask(None, Duration::ZERO).await;
+        }
+    }
+
+    /// After a read that did not find what it awaits: returns at the next change, after
+    /// `wait` at most, or — when the coordinator gave no answer — after a short pause, so
+    /// the loop reads (and reports) again.
+    pub async fn wait(&mut self, wait: Duration) {
+        self.seen = match self.seen {
+            Some(after) => self.ask(Some(after), wait).await,
+            None => None,
+        };
+        if self.seen.is_none() {
+            tokio::time::sleep(NO_ANSWER_RETRY.min(wait)).await;
+        }
+    }
+
+    async fn ask(&self, after: Option<u64>, wait: Duration) -> Option<u64> {
+        match self.api.changes(self.token, after, wait).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::debug!(error = %e, "no answer to the change poll; reading again");
+                None
+            }
+        }
     }
 }

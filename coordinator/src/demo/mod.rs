@@ -40,7 +40,7 @@ use crate::ledger::Entry;
 use crate::lifecycle::JobState;
 use crate::store::{LedgerCheck, NewToken};
 use crate::{catalog, clock, server};
-use client::Api;
+use client::{Api, Changes};
 use progress::{Display, MachineLine};
 use summary::{JobRow, Verification};
 
@@ -50,8 +50,13 @@ pub const DEFAULT_SPEED: f64 = 40.0;
 
 /// How long the jobs may take before the demo gives up.
 const JOBS_DEADLINE: Duration = Duration::from_secs(5 * 60);
-/// How often progress is polled from the API.
-const POLL: Duration = Duration::from_millis(200);
+/// The longest single wait for a change (`GET /api/v1/changes`) while machines come online:
+/// within the coordinator's cap and the client's request timeout.
+const LONGEST_WAIT: Duration = Duration::from_secs(20);
+/// A confirmation the agent has not answered (its machine still needs attention) is given
+/// again after this; so the demo also reads again this long after the last change at most,
+/// as that retry is due without any write to wake it.
+const CONFIRM_AGAIN: Duration = Duration::from_secs(2);
 
 /// What the demo runs with.
 #[derive(Debug, Clone)]
@@ -467,7 +472,9 @@ impl Ctx<'_> {
 
     async fn wait_for_machines(&self, keys: &[String]) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut changes = Changes::new(self.api, self.admin);
         loop {
+            changes.before_read().await;
             let machines: Vec<MachineView> = self.api.get(self.admin, "/api/v1/machines").await?;
             let up: BTreeSet<String> = machines
                 .iter()
@@ -487,14 +494,21 @@ impl Ctx<'_> {
                         .join(", ")
                 );
             }
-            tokio::time::sleep(POLL).await;
+            // An agent's presence and its machines' states are writes the revision signals.
+            changes
+                .wait(
+                    deadline
+                        .saturating_duration_since(Instant::now())
+                        .min(LONGEST_WAIT),
+                )
+                .await;
         }
     }
 
     /// `POST /machines/{agent}/{machine}/ready` with the site operator's token: bed
     /// cleared and, for the mill, stock loaded and zeroed. `false` when the coordinator has
-    /// not applied the end of the machine's job yet (`409 machine_busy`): asked again on the
-    /// next poll.
+    /// not applied the end of the machine's job yet (`409 machine_busy`): asked again when
+    /// the next change (that end, applied) wakes the loop.
     async fn confirm(&self, operator: &str, agent: &str, machine: &str) -> anyhow::Result<bool> {
         let path = format!("/api/v1/machines/{agent}/{machine}/ready");
         match self
@@ -623,7 +637,9 @@ impl Ctx<'_> {
         let mut placed: BTreeMap<String, String> = BTreeMap::new();
         let mut ended: BTreeSet<String> = BTreeSet::new();
         let mut confirmed_at: BTreeMap<String, Instant> = BTreeMap::new();
+        let mut changes = Changes::new(self.api, self.admin);
         loop {
+            changes.before_read().await;
             let jobs: JobPage = self.api.get(self.admin, "/api/v1/jobs?limit=500").await?;
             let machines: Vec<MachineView> = self.api.get(self.admin, "/api/v1/machines").await?;
             let ours: Vec<&JobView> = jobs
@@ -683,7 +699,7 @@ impl Ctx<'_> {
                 // After a job the machine waits for a person: the demo plays the operator.
                 let recently = confirmed_at
                     .get(&key)
-                    .is_some_and(|t| t.elapsed() < Duration::from_secs(2));
+                    .is_some_and(|t| t.elapsed() < CONFIRM_AGAIN);
                 if m.state == MachineStatus::NeedsAttention
                     && running.is_none()
                     && !recently
@@ -712,7 +728,15 @@ impl Ctx<'_> {
                     open.join(", ")
                 );
             }
-            tokio::time::sleep(POLL).await;
+            // Jobs' moves and progress, machines' states: writes the revision signals. The
+            // one thing due without a write is a confirmation given again.
+            changes
+                .wait(
+                    deadline
+                        .saturating_duration_since(Instant::now())
+                        .min(CONFIRM_AGAIN),
+                )
+                .await;
         }
         display.finish();
 

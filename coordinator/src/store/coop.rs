@@ -136,7 +136,7 @@ impl Store {
             now,
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         self.note_with(|c| c.plan_inputs = true);
         Ok(())
     }
@@ -187,7 +187,7 @@ impl Store {
             now,
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         self.note_with(|c| c.plan_inputs = true);
         Ok(())
     }
@@ -262,7 +262,7 @@ impl Store {
             now,
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         self.note_with(|c| c.plan_inputs = true);
         Ok(())
     }
@@ -342,7 +342,7 @@ impl Store {
             now,
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         self.note_with(|c| c.plan_inputs = true);
         Ok(())
     }
@@ -443,7 +443,7 @@ impl Store {
             now,
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         self.note_with(|c| c.machine(agent, machine, super::MachineChange::Reread));
         Ok(())
     }

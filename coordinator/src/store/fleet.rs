@@ -140,6 +140,7 @@ impl Store {
         .execute(self.pool())
         .await?;
         self.note_with(|c| c.agent(agent));
+        self.bump_revision();
         Ok(())
     }
 
@@ -182,7 +183,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         self.note_with(|c| c.agent(agent));
         Ok(changed && online)
     }
@@ -238,7 +239,7 @@ impl Store {
                 .await?;
             }
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         self.note_with(|c| c.machine(agent, &state.machine, MachineChange::Reread));
         Ok(())
     }

@@ -602,7 +602,7 @@ impl Store {
             now,
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(job)
     }
 
@@ -684,7 +684,7 @@ impl Store {
         let mut job = load_required(&mut tx, id).await?;
         let epoch = job.epoch;
         move_job(&mut tx, &mut job, epoch, to, cause, detail, now).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         self.note_with(|c| {
             c.plan_inputs = true;
             if let (Some(a), Some(m)) = (&job.agent, &job.machine) {
@@ -799,7 +799,7 @@ impl Store {
             now,
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         self.note_with(|c| {
             c.machine(agent, machine, MachineChange::Taken);
             c.running.push((job.coop.clone(), estimate_seconds(&job)));
@@ -841,7 +841,11 @@ impl Store {
             outbox::complete_job(&mut tx, job.id, now).await?;
             CommandOutcome::Done(job)
         };
-        tx.commit().await?;
+        match &outcome {
+            CommandOutcome::Done(_) => self.commit(tx).await?,
+            // Only a command in the outbox, as for pause; the agent's event moves the job.
+            CommandOutcome::Sent(..) => tx.commit().await?,
+        }
         self.note_with(|c| match &outcome {
             CommandOutcome::Sent(..) => c.outbox = true,
             CommandOutcome::Done(job) => {
@@ -897,6 +901,8 @@ impl Store {
             now,
         )
         .await?;
+        // Only a command in the outbox: the job moves (and the revision with it) when the
+        // agent's event says so.
         tx.commit().await?;
         self.note_with(|c| c.outbox = true);
         Ok(CommandOutcome::Sent(job, q))
@@ -937,7 +943,9 @@ impl Store {
     }
 
     /// [`Store::apply_event`]'s transaction; sets `moved` when the job entered or left its
-    /// machine.
+    /// machine. The paths that wrote only the message id and outbox rows (no job, an unknown
+    /// job, a stale run, a replay) commit without moving the store's revision: nothing the
+    /// API shows changed. Those that wrote the job end in [`Store::commit`].
     async fn apply_event_tx(
         &self,
         agent: &AgentId,
@@ -1052,11 +1060,11 @@ impl Store {
         if target == job.state {
             write_job(&mut tx, &job, (job.state, job.epoch)).await?;
             outbox::answered(&mut tx, &job, &msg.body, now).await?;
-            tx.commit().await?;
+            self.commit(tx).await?;
             return Ok(EventOutcome::Applied(Box::new(job)));
         }
         if !job.state.can_move_to(target) {
-            tx.commit().await?;
+            self.commit(tx).await?;
             return Ok(EventOutcome::Ignored(Box::new(job)));
         }
         let epoch = job.epoch;
@@ -1079,7 +1087,7 @@ impl Store {
         // reads changes; leaving the machine does.
         *moved |= was_on_machine != job.state.is_on_machine();
         outbox::answered(&mut tx, &job, &msg.body, now).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(EventOutcome::Applied(Box::new(job)))
     }
 
@@ -1132,7 +1140,7 @@ impl Store {
             move_job(&mut tx, &mut job, epoch, next, cause, None, now).await?;
             // Commands for the lost run must not reach the agent when it reconnects.
             outbox::complete_job(&mut tx, job.id, now).await?;
-            tx.commit().await?;
+            self.commit(tx).await?;
             self.note_with(|c| {
                 c.plan_inputs = true;
                 if let (Some(a), Some(m)) = (&job.agent, &job.machine) {

@@ -501,6 +501,7 @@ impl Store {
                 id: format!("{agent}/{machine}"),
             });
         }
+        self.bump_revision();
         Ok(())
     }
 }

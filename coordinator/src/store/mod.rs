@@ -8,6 +8,12 @@
 //! Job state changes go through one function, [`jobs`]' `move_job`, which checks the
 //! lifecycle ([`crate::lifecycle`]), guards against a concurrent change, and writes the
 //! event row in the caller's transaction.
+//!
+//! Two ways to learn of committed writes made through a store handle and its clones: the
+//! dispatcher's change notes ([`changes`]: what changed among the scheduler's inputs), and
+//! the revision ([`revision`]: *that* something the HTTP API shows changed, awaited by
+//! `GET /api/v1/changes`). Transactions that write what the API shows end in
+//! [`Store::commit`], which moves the revision after the commit.
 
 mod changes;
 mod coop;
@@ -15,6 +21,7 @@ mod fleet;
 mod jobs;
 mod ledger;
 mod outbox;
+mod revision;
 mod tokens;
 
 use std::borrow::Cow;
@@ -121,6 +128,8 @@ pub struct Store {
     capabilities: Arc<Mutex<HashMap<String, munifab_protocol::Capabilities>>>,
     /// Who is told about committed changes to the scheduler's inputs ([`changes`]).
     watchers: Arc<changes::Watchers>,
+    /// The revision every committed write the API shows moves ([`revision`]).
+    revision: Arc<tokio::sync::watch::Sender<u64>>,
     /// The URL the pool connects to (for [`Store::checkpoint_periodically`]'s own
     /// connection).
     url: Arc<str>,
@@ -199,6 +208,7 @@ impl Store {
             backend,
             capabilities: Arc::default(),
             watchers: Arc::default(),
+            revision: Arc::new(revision::channel()),
             url: shared_url,
         })
     }
@@ -312,6 +322,7 @@ impl Store {
             .execute(&self.pool)
             .await?;
         self.note_with(|c| c.everything = true);
+        self.bump_revision();
         Ok(())
     }
 

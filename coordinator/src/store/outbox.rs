@@ -171,11 +171,13 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        // Bookkeeping no answer of the API shows: the revision stays.
         tx.commit().await?;
         Ok((seen, answered))
     }
 
-    /// Puts a command that moves no job (e.g. `clear`) in the outbox.
+    /// Puts a command that moves no job (e.g. `clear`) in the outbox. The API does not show
+    /// the outbox, so the store's revision stays.
     pub async fn enqueue_command(
         &self,
         cmd: &OutboxCommand,
@@ -239,7 +241,8 @@ impl Store {
             .collect()
     }
 
-    /// Records that a command went out to the broker.
+    /// Records that a command went out to the broker (not shown by the API: the store's
+    /// revision stays).
     pub async fn mark_sent(&self, id: i64, now: i64) -> Result<(), StoreError> {
         sqlx::query("UPDATE outbox SET sent_ms = $1 WHERE id = $2")
             .bind(now)

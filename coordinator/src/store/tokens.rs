@@ -71,6 +71,7 @@ impl Store {
         .bind(now)
         .execute(self.pool())
         .await?;
+        self.bump_revision();
         let record = TokenRecord {
             id,
             grant: new.grant.clone(),
@@ -106,11 +107,16 @@ impl Store {
 
     /// Revokes a token (idempotent); returns it.
     pub async fn revoke_token(&self, id: &str, now: i64) -> Result<TokenRecord, StoreError> {
-        sqlx::query("UPDATE tokens SET revoked_ms = $1 WHERE id = $2 AND revoked_ms IS NULL")
-            .bind(now)
-            .bind(id.to_string())
-            .execute(self.pool())
-            .await?;
+        let revoked =
+            sqlx::query("UPDATE tokens SET revoked_ms = $1 WHERE id = $2 AND revoked_ms IS NULL")
+                .bind(now)
+                .bind(id.to_string())
+                .execute(self.pool())
+                .await?
+                .rows_affected();
+        if revoked > 0 {
+            self.bump_revision();
+        }
         let row = sqlx::query(
             "SELECT id, role, scope, label, created_ms, revoked_ms FROM tokens WHERE id = $1",
         )

@@ -153,7 +153,7 @@ async fn rejected_then_crash(backend: &Backend) {
     let id = job["id"].as_str().expect("a job id").to_string();
     assert_eq!(job["artifact"], sha.as_str(), "{job}");
     let machine_a = format!("{}/{}", it.agents[0].id, it.agents[0].machines[0]);
-    let rejected = eventually("the job rejected by A", WAIT, async || {
+    let rejected = eventually("the job rejected by A", WAIT, &it.admin, async || {
         let j = it.job(&id).await;
         ok_if(j["rejections"] == 1 && j["state"] == "queued", j)
     })
@@ -162,7 +162,7 @@ async fn rejected_then_crash(backend: &Backend) {
 
     // B is confirmed: the job goes there and runs.
     it.confirm_ready(1).await;
-    let running = eventually("the job running on B", WAIT, async || {
+    let running = eventually("the job running on B", WAIT, &it.admin, async || {
         let j = it.job(&id).await;
         let running = j["state"] == "running" && j["progress"].as_f64().is_some_and(|p| p > 0.0);
         ok_if(running, j)
@@ -184,15 +184,22 @@ async fn rejected_then_crash(backend: &Backend) {
         "{ended}"
     );
     it.coordinator.start().await;
-    let done = eventually("the job completed after the restart", WAIT, async || {
-        it.coordinator.assert_running();
-        let j = it.job(&id).await;
-        match j["state"].as_str() {
-            Some("completed") => Ok(j),
-            Some("failed" | "cancelled" | "lost") => panic!("the job ended badly: {j}"),
-            _ => Err(j.to_string()),
-        }
-    })
+    // The probe holds the installation mutably (to check the coordinator is still up).
+    let admin = it.admin.clone();
+    let done = eventually(
+        "the job completed after the restart",
+        WAIT,
+        &admin,
+        async || {
+            it.coordinator.assert_running();
+            let j = it.job(&id).await;
+            match j["state"].as_str() {
+                Some("completed") => Ok(j),
+                Some("failed" | "cancelled" | "lost") => panic!("the job ended badly: {j}"),
+                _ => Err(j.to_string()),
+            }
+        },
+    )
     .await;
     assert_eq!(done["agent"], it.agents[1].id.as_str(), "{done}");
     assert_eq!(done["epoch"], 2, "assigned twice: A, then B: {done}");
@@ -368,7 +375,7 @@ async fn forged_topic(backend: &Backend) {
         next_ack_or_drop(&mut events).await,
         "the broker refused a publish on the agent's own prefix"
     );
-    eventually("the barrier ingested", WAIT, async || {
+    eventually("the barrier ingested", WAIT, &it.admin, async || {
         let agents = it.admin.get_json("/api/v1/agents").await;
         let seen = agents
             .as_array()

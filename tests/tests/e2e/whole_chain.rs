@@ -291,7 +291,7 @@ async fn confirm_ready(api: &Client, agent: &str, machine: &str, fw: Firmware) {
 /// until every job has ended; returns the jobs. Any job that fails ends the test.
 async fn run_to_the_end(api: &Client, ids: &[String], coordinator: &mut Coordinator) -> Vec<Value> {
     let mut confirmed: BTreeMap<String, i64> = BTreeMap::new();
-    eventually("every job completed", WAIT, async || {
+    eventually("every job completed", WAIT, api, async || {
         coordinator.assert_running();
         let mut jobs = Vec::new();
         for id in ids {
