@@ -77,7 +77,19 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn rss_kib(pid: u32) -> (u64, u64) {
+/// A process's memory, KiB.
+#[derive(Debug, Clone, Copy, Default)]
+struct Mem {
+    /// Resident set: anonymous memory plus the pages of mapped files (mostly the binary's
+    /// code) that have been touched.
+    rss: u64,
+    /// Its anonymous part: heap and stacks, what the process itself holds.
+    anon: u64,
+    /// The peak resident set.
+    hwm: u64,
+}
+
+fn mem(pid: u32) -> Mem {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status
@@ -87,7 +99,11 @@ fn rss_kib(pid: u32) -> (u64, u64) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    (field("VmRSS:"), field("VmHWM:"))
+    Mem {
+        rss: field("VmRSS:"),
+        anon: field("RssAnon:"),
+        hwm: field("VmHWM:"),
+    }
 }
 
 /// What the simulated agents do once connected: the whole protocol, or a part of it to see
@@ -204,14 +220,19 @@ async fn wait_serving(host: &str, port: u16) {
     }
 }
 
-/// The RSS added per 1,000 machines between half the fleet and all of it: the cost of one
-/// more machine, free of whatever the first ones set up once.
-fn marginal_per_1000(by_fleet: &[(usize, u64)]) -> Option<f64> {
-    let (n, last) = *by_fleet.last()?;
-    let (m, half) = *by_fleet.iter().find(|(m, _)| *m >= n / 2)?;
-    (n > m)
-        .then(|| last as f64 / 1024.0 - half as f64 / 1024.0)
-        .map(|d| d * 1000.0 / (n - m) as f64)
+/// The memory (`kib` of each sample) added per 1,000 machines between half the fleet and all
+/// of it: the cost of one more machine, free of whatever the first ones set up once.
+fn marginal_per_1000(by_fleet: &[(usize, Mem)], kib: impl Fn(&Mem) -> u64) -> f64 {
+    let Some((n, last)) = by_fleet.last() else {
+        return f64::NAN;
+    };
+    let Some((m, half)) = by_fleet.iter().find(|(m, _)| *m >= n / 2) else {
+        return f64::NAN;
+    };
+    if n <= m {
+        return f64::NAN;
+    }
+    (kib(last) as f64 - kib(half) as f64) / 1024.0 * 1000.0 / (n - m) as f64
 }
 
 /// Removes the retained status and state this benchmark's agents leave on a broker, so a
@@ -260,13 +281,12 @@ struct Run {
     ready_ms: Vec<f64>,
     after_201_ms: Vec<f64>,
     internal_mean_ms: f64,
-    idle_kib: u64,
-    connected_kib: u64,
+    idle: Mem,
+    connected: Mem,
     embedded: bool,
-    /// RSS with 0, 100, 200… machines connected.
-    by_fleet: Vec<(usize, u64)>,
-    rss_kib: u64,
-    peak_kib: u64,
+    /// Memory with 0, 100, 200… machines connected.
+    by_fleet: Vec<(usize, Mem)>,
+    after: Mem,
 }
 
 async fn run(
@@ -366,7 +386,7 @@ async fn run(
         // subscribed, and what it sets up until then is not the fleet's.
         wait_serving(&host, port).await;
     }
-    let idle_kib = rss_kib(child.id()).0;
+    let idle = mem(child.id());
     let mut by_fleet = Vec::new();
 
     let (tx, mut assigned) = mpsc::unbounded_channel();
@@ -377,7 +397,7 @@ async fn run(
     // messages at once overflows a default Mosquitto's per-client queue (1000 messages).
     let mut connected = 0;
     for batch in agent_tokens.chunks(100) {
-        by_fleet.push((connected, rss_kib(child.id()).0));
+        by_fleet.push((connected, mem(child.id())));
         for (id, secret) in batch {
             fleet.push(spawn_agent(
                 host.clone(),
@@ -420,8 +440,8 @@ async fn run(
         }
     }
     let connect_s = started.elapsed().as_secs_f64();
-    by_fleet.push((connected, rss_kib(child.id()).0));
-    let connected_kib = rss_kib(child.id()).0;
+    by_fleet.push((connected, mem(child.id())));
+    let connected_mem = mem(child.id());
     let jobs = if load == Load::Full { jobs } else { 0 };
 
     let mut e2e = Vec::new();
@@ -458,7 +478,7 @@ async fn run(
         http_ms.push(t201.duration_since(t0).as_secs_f64() * 1000.0);
         after_201_ms.push(at.saturating_duration_since(t201).as_secs_f64() * 1000.0);
     }
-    let (rss, peak) = rss_kib(child.id());
+    let after = mem(child.id());
     let metrics = http::request(api, "GET", "/metrics", None, &[], b"").await;
     let text = String::from_utf8(metrics.body).unwrap();
     let value = |name: &str| {
@@ -492,12 +512,11 @@ async fn run(
         ready_ms,
         after_201_ms,
         internal_mean_ms,
-        idle_kib,
-        connected_kib,
+        idle,
+        connected: connected_mem,
         embedded: external.is_none(),
         by_fleet,
-        rss_kib: rss,
-        peak_kib: peak,
+        after,
     }
 }
 
@@ -536,13 +555,15 @@ fn main() {
             ] {
                 let r = rt.block_on(run(agents, 0, 0, broker.clone(), load));
                 println!(
-                    "memory over the {}: {} agents {}: RSS growth {:.1} MiB per 1,000 over idle ({:.1} MiB), {:.1} MiB per 1,000 from half the fleet to all",
+                    "memory over the {}: {} agents {}: per 1,000 machines RSS +{:.1} MiB over idle ({:.1} MiB), anonymous +{:.1} MiB; from half the fleet to all RSS +{:.1}, anonymous +{:.1} MiB",
                     r.label,
                     r.agents,
                     load.describe(),
-                    per_1000(r.connected_kib.saturating_sub(r.idle_kib)),
-                    mib(r.idle_kib),
-                    marginal_per_1000(&r.by_fleet).unwrap_or(f64::NAN),
+                    per_1000(r.connected.rss.saturating_sub(r.idle.rss)),
+                    mib(r.idle.rss),
+                    per_1000(r.connected.anon.saturating_sub(r.idle.anon)),
+                    marginal_per_1000(&r.by_fleet, |m| m.rss),
+                    marginal_per_1000(&r.by_fleet, |m| m.anon),
                 );
             }
         }
@@ -582,23 +603,32 @@ fn main() {
             r.internal_mean_ms
         );
         println!(
-            "  coordinator RSS: {:.1} MiB idle, {:.1} MiB with {} machines connected, {:.1} MiB after the jobs (peak {:.1} MiB)",
-            mib(r.idle_kib),
-            mib(r.connected_kib),
+            "  coordinator RSS: {:.1} MiB idle, {:.1} MiB with {} machines connected, {:.1} MiB after the jobs (peak {:.1} MiB); anonymous {:.1} / {:.1} / {:.1} MiB",
+            mib(r.idle.rss),
+            mib(r.connected.rss),
             r.agents,
-            mib(r.rss_kib),
-            mib(r.peak_kib)
+            mib(r.after.rss),
+            mib(r.after.hwm),
+            mib(r.idle.anon),
+            mib(r.connected.anon),
+            mib(r.after.anon),
         );
         println!(
             "  RSS growth per 1,000 machines: {:.1} MiB connected, {:.1} MiB after the jobs (goal <= 10 MB = 9.5 MiB)",
-            per_1000(r.connected_kib.saturating_sub(r.idle_kib)),
-            per_1000(r.rss_kib.saturating_sub(r.idle_kib)),
+            per_1000(r.connected.rss.saturating_sub(r.idle.rss)),
+            per_1000(r.after.rss.saturating_sub(r.idle.rss)),
         );
         println!(
-            "  RSS added per 1,000 machines from {} to {} connected: {:.1} MiB",
+            "    of which anonymous (heap and stacks): {:.1} MiB connected, {:.1} MiB after the jobs; the rest is the binary's code paged in as new paths first run (file-backed, shared, bounded by the binary's size)",
+            per_1000(r.connected.anon.saturating_sub(r.idle.anon)),
+            per_1000(r.after.anon.saturating_sub(r.idle.anon)),
+        );
+        println!(
+            "  added per 1,000 machines from {} to {} connected: RSS {:.1} MiB, anonymous {:.1} MiB",
             r.agents / 2,
             r.agents,
-            marginal_per_1000(&r.by_fleet).unwrap_or(f64::NAN),
+            marginal_per_1000(&r.by_fleet, |m| m.rss),
+            marginal_per_1000(&r.by_fleet, |m| m.anon),
         );
         if r.embedded {
             // rumqttd 0.20 sizes these per connection with constants its configuration does
