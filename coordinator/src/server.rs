@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -72,6 +72,11 @@ pub struct Server {
 /// How often the SQLite write-ahead log is copied back into the database file
 /// ([`Store::checkpoint_periodically`]).
 const WAL_CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Messages from agents waiting for the dispatcher. When it is full, the embedded broker's
+/// front holds agents' connections back, and the MQTT client stops reading from an external
+/// broker (which keeps them in the coordinator's session).
+const INBOX: usize = 4096;
 
 impl Server {
     /// Where the HTTP API listens.
@@ -228,13 +233,12 @@ pub async fn start(
         .clone()
         .unwrap_or_else(|| format!("http://{http_addr}"));
 
-    // Embedded: agents are served once the link's subscriptions are acknowledged.
-    let mut subscribed = None;
+    // The dispatcher's inbox: what agents publish, from the embedded broker's front or from
+    // the MQTT client subscribed to an external broker.
+    let (tx, rx) = mpsc::channel(INBOX);
     let (link_settings, mqtt_addr) = match &settings.mqtt {
         MqttMode::Embedded { listen } => {
-            let (open, opened) = oneshot::channel();
-            subscribed = Some(open);
-            let b = broker::start(*listen, store.clone(), shutdown.clone(), opened).await?;
+            let b = broker::start(*listen, store.clone(), tx.clone(), shutdown.clone()).await?;
             let internal = b.internal_addr();
             (
                 link::LinkSettings {
@@ -245,6 +249,7 @@ pub async fn start(
                         broker::COORDINATOR_USER.to_string(),
                         b.coordinator_password().to_string(),
                     )),
+                    filters: Vec::new(),
                 },
                 Some(b.public_addr()),
             )
@@ -259,6 +264,7 @@ pub async fn start(
                 port: *port,
                 client_id: settings.mqtt_client_id.clone(),
                 credentials: credentials.clone(),
+                filters: munifab_protocol::topic::filter::coordinator().to_vec(),
             },
             None,
         ),
@@ -267,13 +273,12 @@ pub async fn start(
     let metrics = Arc::new(Metrics::default());
     let kick = Arc::new(Notify::new());
     let (client, events) = link::client(&link_settings);
-    let (tx, rx) = mpsc::channel(4096);
     let link = tokio::spawn(link::run(
         client.clone(),
         events,
+        link_settings.filters.clone(),
         tx,
         shutdown.clone(),
-        subscribed,
     ));
     let mut dispatch_settings = settings.dispatch.clone();
     dispatch_settings.public_url = public_url;

@@ -1,7 +1,7 @@
 //! The embedded broker's front over real TCP: raw MQTT 3.1.1 clients (encoded with
-//! rumqttc's codec) as agents on the public port, and a raw client logged in as the
-//! coordinator on rumqttd's private port, watching what the front forwards and publishing
-//! commands.
+//! rumqttc's codec) as agents on the public port; the coordinator's inbox, where the front
+//! hands what agents publish; and a raw client logged in as the coordinator on rumqttd's
+//! private port, publishing commands.
 
 mod common;
 
@@ -11,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 use munifab_coordinator::auth::Grant;
 use munifab_coordinator::mqtt::broker::{self, COORDINATOR_USER, EmbeddedBroker};
 use munifab_coordinator::mqtt::front::{AGENT_INFLIGHT, AGENT_QUEUE};
+use munifab_coordinator::mqtt::link::LinkEvent;
 use munifab_coordinator::store::{NewToken, Store};
 use munifab_protocol::{AgentId, Topic};
 use rumqttc::mqttbytes::v4::{
@@ -19,7 +20,7 @@ use rumqttc::mqttbytes::v4::{
 use rumqttc::mqttbytes::{self, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -124,6 +125,7 @@ impl Raw {
 struct Fixture {
     db: common::TestDb,
     broker: EmbeddedBroker,
+    inbox: mpsc::Receiver<LinkEvent>,
     shutdown: CancellationToken,
 }
 
@@ -150,28 +152,22 @@ async fn agent(store: &Store, name: &str) -> (AgentId, String) {
     (id, token)
 }
 
-/// A broker open to agents from the start.
 async fn fixture() -> Fixture {
-    let (open, opened) = oneshot::channel();
-    open.send(()).unwrap();
-    gated_fixture(opened).await
-}
-
-/// A broker that serves agents once `opened` fires.
-async fn gated_fixture(opened: oneshot::Receiver<()>) -> Fixture {
     let db = common::sqlite().await;
     let shutdown = CancellationToken::new();
+    let (tx, inbox) = mpsc::channel(64);
     let broker = broker::start(
         "127.0.0.1:0".parse().unwrap(),
         db.store.clone(),
+        tx,
         shutdown.clone(),
-        opened,
     )
     .await
     .expect("the embedded broker starts");
     Fixture {
         db,
         broker,
+        inbox,
         shutdown,
     }
 }
@@ -207,15 +203,25 @@ impl Fixture {
         raw
     }
 
-    /// The coordinator's view: a client on rumqttd's private port, subscribed to `filter`.
-    async fn observer(&self, filter: &str) -> Raw {
-        let mut c = Connect::new(format!("observer-{}", uuid::Uuid::new_v4().simple()));
+    /// The coordinator publishing commands: a client on rumqttd's private port.
+    async fn commander(&self) -> Raw {
+        let mut c = Connect::new(format!("commander-{}", uuid::Uuid::new_v4().simple()));
         c.keep_alive = 60;
         c.set_login(COORDINATOR_USER, self.broker.coordinator_password());
-        let (mut raw, ack) = Raw::open(self.broker.internal_addr(), c).await;
+        let (raw, ack) = Raw::open(self.broker.internal_addr(), c).await;
         assert_eq!(ack.code, ConnectReturnCode::Success);
-        raw.subscribe(filter, 1).await;
         raw
+    }
+
+    /// The next message the front handed to the coordinator: topic and payload.
+    async fn received(&mut self) -> (String, String) {
+        match tokio::time::timeout(WAIT, self.inbox.recv()).await {
+            Ok(Some(LinkEvent::Message { topic, payload })) => {
+                (topic, String::from_utf8(payload.to_vec()).unwrap())
+            }
+            Ok(other) => panic!("expected a message in the inbox, got {other:?}"),
+            Err(_) => panic!("nothing reached the coordinator's inbox within {WAIT:?}"),
+        }
     }
 }
 
@@ -224,35 +230,57 @@ fn payload(p: &Publish) -> &str {
 }
 
 #[tokio::test]
-async fn a_qos1_publish_is_acknowledged_once_the_broker_holds_it_with_its_retain_flag() {
-    let f = fixture().await;
+async fn a_publish_reaches_the_coordinator_in_order_and_a_qos1_one_is_acknowledged_once_it_has_it()
+{
+    let mut f = fixture().await;
     let (a, token) = agent(f.store(), "lab-a").await;
     let status = Topic::Status(a.clone()).to_string();
     let events = Topic::Events(a.clone()).to_string();
-    let mut watch = f.observer(&events).await;
     let mut agent = f.agent(&a, &token, "lab-a", 30, None).await;
 
     agent
         .publish(&events, QoS::AtMostOnce, false, "qos0", 0)
         .await;
     agent
-        .publish(&status, QoS::AtLeastOnce, true, "retained", 7)
+        .publish(&status, QoS::AtLeastOnce, true, "online", 7)
         .await;
+    assert_eq!(f.received().await, (events.clone(), "qos0".to_string()));
+    assert_eq!(f.received().await, (status.clone(), "online".to_string()));
     match agent.next().await {
         Some(Packet::PubAck(ack)) => assert_eq!(ack.pkid, 7, "the agent's own packet id"),
         other => panic!("expected PUBACK, got {other:?}"),
     }
-    let got = watch.next_publish().await;
-    assert_eq!(
-        (got.topic.as_str(), payload(&got)),
-        (events.as_str(), "qos0")
-    );
-    // acknowledged means held: a subscriber arriving later gets it, still retained
-    let mut late = f.observer(&status).await;
-    let got = late.next_publish().await;
-    assert_eq!(payload(&got), "retained");
-    assert!(got.retain, "the retain flag was kept");
-    assert_eq!(got.qos, QoS::AtLeastOnce);
+
+    // While the inbox is full the agent is held back, not dropped: nothing is lost, and
+    // its QoS 1 publish is acknowledged only once the coordinator has it.
+    let mut held = 0;
+    while f.inbox.capacity() > 0 {
+        agent
+            .publish(
+                &events,
+                QoS::AtLeastOnce,
+                false,
+                &format!("e{held}"),
+                100 + held,
+            )
+            .await;
+        match agent.next().await {
+            Some(Packet::PubAck(ack)) => assert_eq!(ack.pkid, 100 + held),
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+        held += 1;
+    }
+    agent
+        .publish(&events, QoS::AtLeastOnce, false, "waits", 999)
+        .await;
+    for i in 0..held {
+        assert_eq!(f.received().await, (events.clone(), format!("e{i}")));
+    }
+    assert_eq!(f.received().await, (events.clone(), "waits".to_string()));
+    match agent.next().await {
+        Some(Packet::PubAck(ack)) => assert_eq!(ack.pkid, 999),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
 
     // rumqttd's private port refuses the agent's real token
     let mut c = Connect::new("lab-a-direct");
@@ -271,55 +299,6 @@ async fn a_qos1_publish_is_acknowledged_once_the_broker_holds_it_with_its_retain
 }
 
 #[tokio::test]
-async fn an_agent_is_served_only_once_the_coordinator_has_subscribed() {
-    // rumqttd is new with every coordinator process: an agent served before the coordinator
-    // subscribed would have its QoS 1 events acknowledged, and dropped from its spool, with
-    // nobody to receive them. Agents reconnect the moment a restarted coordinator listens.
-    let (open, opened) = oneshot::channel();
-    let f = gated_fixture(opened).await;
-    let (a, token) = agent(f.store(), "lab-a").await;
-    let mut c = Connect::new("lab-a");
-    c.keep_alive = 30;
-    c.set_login(a.as_str(), token.as_str());
-    let stream = TcpStream::connect(f.broker.public_addr())
-        .await
-        .expect("the address is bound before the broker opens");
-    let mut early = Raw {
-        stream,
-        buf: BytesMut::new(),
-    };
-    early.send(Packet::Connect(c)).await;
-    // The absence of an answer can only be watched for a while: a broker that served agents
-    // before opening answers a CONNECT in well under a millisecond on loopback.
-    let events = Topic::Events(a.clone()).to_string();
-    let mut coordinator = f.observer(&events).await;
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), early.next())
-            .await
-            .is_err(),
-        "the agent was answered before the broker was opened"
-    );
-
-    open.send(()).unwrap();
-    match early.next().await {
-        Some(Packet::ConnAck(ack)) => assert_eq!(ack.code, ConnectReturnCode::Success),
-        other => panic!("expected CONNACK once open, got {other:?}"),
-    }
-    early
-        .publish(&events, QoS::AtLeastOnce, false, "spooled event", 5)
-        .await;
-    match early.next().await {
-        Some(Packet::PubAck(ack)) => assert_eq!(ack.pkid, 5),
-        other => panic!("expected PUBACK, got {other:?}"),
-    }
-    let got = coordinator.next_publish().await;
-    assert_eq!(
-        (got.topic.as_str(), payload(&got)),
-        (events.as_str(), "spooled event")
-    );
-}
-
-#[tokio::test]
 async fn a_wrong_token_is_refused_with_a_connack_code() {
     let f = fixture().await;
     let (a, _) = agent(f.store(), "lab-a").await;
@@ -335,7 +314,7 @@ async fn commands_reach_only_the_agent_they_are_for() {
     let f = fixture().await;
     let (a, ta) = agent(f.store(), "lab-a").await;
     let (b, tb) = agent(f.store(), "lab-b").await;
-    let mut coord = f.observer("munifab/v1/agents/+/events").await;
+    let mut coord = f.commander().await;
     let mut agent_a = f.agent(&a, &ta, "lab-a", 30, None).await;
     let mut agent_b = f.agent(&b, &tb, "lab-b", 30, None).await;
     let (ca, cb) = (
@@ -377,43 +356,44 @@ async fn commands_reach_only_the_agent_they_are_for() {
 
 #[tokio::test]
 async fn the_will_is_published_on_a_drop_and_not_after_disconnect() {
-    let f = fixture().await;
+    let mut f = fixture().await;
     let (a, token) = agent(f.store(), "lab-a").await;
-    let mut watch = f.observer(&Topic::Status(a.clone()).to_string()).await;
 
     let mut first = f.agent(&a, &token, "lab-a", 30, Some("will 1")).await;
     first.send(Packet::Disconnect).await;
     assert!(first.until_closed().await.is_empty());
     let second = f.agent(&a, &token, "lab-a", 30, Some("will 2")).await;
     drop(second);
-    // the first will would have been forwarded before the first connection closed
-    assert_eq!(payload(&watch.next_publish().await), "will 2");
+    // the first will would have been handed over before the first connection closed
+    assert_eq!(
+        f.received().await,
+        (Topic::Status(a).to_string(), "will 2".to_string())
+    );
 }
 
 #[tokio::test]
 async fn a_silent_agent_is_closed_after_its_keep_alive_and_its_will_published() {
-    let f = fixture().await;
+    let mut f = fixture().await;
     let (a, token) = agent(f.store(), "lab-a").await;
-    let mut watch = f.observer(&Topic::Status(a.clone()).to_string()).await;
     let mut silent = f.agent(&a, &token, "lab-a", 1, Some("gone")).await;
     assert!(
         silent.until_closed().await.is_empty(),
         "closed by the front"
     );
-    let will = watch.next_publish().await;
-    assert_eq!(payload(&will), "gone");
-    assert_eq!(will.qos, QoS::AtLeastOnce);
+    assert_eq!(
+        f.received().await,
+        (Topic::Status(a).to_string(), "gone".to_string())
+    );
 }
 
 #[tokio::test]
 async fn a_second_connection_with_the_same_client_id_takes_over() {
-    let f = fixture().await;
+    let mut f = fixture().await;
     let (a, ta) = agent(f.store(), "lab-a").await;
     let (b, tb) = agent(f.store(), "lab-b").await;
     let status = Topic::Status(a.clone()).to_string();
     let commands = Topic::Commands(a.clone()).to_string();
-    let mut watch = f.observer(&status).await;
-    let mut coord = f.observer("munifab/v1/agents/+/events").await;
+    let mut coord = f.commander().await;
 
     let mut old = f.agent(&a, &ta, "shared-id", 30, Some("old will")).await;
     old.subscribe(&commands, 1).await;
@@ -428,15 +408,14 @@ async fn a_second_connection_with_the_same_client_id_takes_over() {
     assert_eq!(payload(&new.next_publish().await), "cmd");
     // the agent is not gone: the old will is not published, the new one on a drop
     drop(new);
-    assert_eq!(payload(&watch.next_publish().await), "new will");
+    assert_eq!(f.received().await, (status, "new will".to_string()));
 }
 
 #[tokio::test]
 async fn a_malformed_packet_closes_the_connection_and_nothing_behind_it_is_forwarded() {
-    let f = fixture().await;
+    let mut f = fixture().await;
     let (a, token) = agent(f.store(), "lab-a").await;
     let status = Topic::Status(a.clone()).to_string();
-    let mut watch = f.observer(&status).await;
     let mut agent = f.agent(&a, &token, "lab-a", 30, Some("will")).await;
 
     // A QoS 1 PUBLISH whose topic claims 16 bytes of a 4-byte body, then a valid one.
@@ -452,10 +431,7 @@ async fn a_malformed_packet_closes_the_connection_and_nothing_behind_it_is_forwa
     again
         .publish(&status, QoS::AtLeastOnce, false, "barrier", 1)
         .await;
-    let seen: Vec<String> = [watch.next_publish().await, watch.next_publish().await]
-        .iter()
-        .map(|p| payload(p).to_string())
-        .collect();
+    let seen = [f.received().await.1, f.received().await.1];
     assert_eq!(seen, ["will", "barrier"], "the packet behind was dropped");
 }
 
@@ -464,7 +440,7 @@ async fn an_agent_that_does_not_take_its_commands_is_cut_off_and_holds_up_no_one
     let f = fixture().await;
     let (a, ta) = agent(f.store(), "lab-a").await;
     let (b, tb) = agent(f.store(), "lab-b").await;
-    let mut coord = f.observer("munifab/v1/agents/+/events").await;
+    let mut coord = f.commander().await;
     let mut stuck = f.agent(&a, &ta, "lab-a", 30, None).await;
     let mut fine = f.agent(&b, &tb, "lab-b", 30, None).await;
     let (ca, cb) = (

@@ -1,12 +1,15 @@
-//! The embedded broker: rumqttd on a private loopback port, behind a front on the public
-//! address that terminates the agents' MQTT connections itself ([`super::front`]).
+//! The embedded broker: a front on the public address that terminates the agents' MQTT
+//! connections itself ([`super::front`]), and rumqttd on a private loopback port for the
+//! coordinator's commands.
 //!
-//! rumqttd 0.20 authenticates clients but has no topic ACL, and it reserves about 145 KiB
-//! per client connection. The front closes both gaps: it checks each agent's CONNECT
-//! against the store, enforces the topic ACL on every packet ([`allowed`]), and carries all
-//! agents over one connection to rumqttd. rumqttd accepts only two logins: the front's and
-//! the coordinator's, each with a secret minted per process, so a client that dials the
-//! private port directly with a real agent token is refused.
+//! rumqttd 0.20 authenticates clients but has no topic ACL, it reserves about 145 KiB per
+//! client connection, and it keeps every message in an in-memory log per subscribed filter.
+//! The front closes those gaps: it checks each agent's CONNECT against the store, enforces
+//! the topic ACL on every packet ([`allowed`]), hands what agents publish straight to the
+//! coordinator's inbox, and takes every agent's commands from rumqttd over one connection.
+//! rumqttd accepts only two logins: the front's and the coordinator's, each with a secret
+//! minted per process, so a client that dials the private port directly with a real agent
+//! token is refused.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -15,10 +18,11 @@ use std::sync::Arc;
 use munifab_protocol::{AgentId, Topic, TopicKind};
 use rumqttc::mqttbytes::v4::Packet;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::front::{FRONT_USER, Front, MAX_PACKET, Upstream};
+use super::link::LinkEvent;
 use crate::store::Store;
 
 /// MQTT user name the coordinator itself uses on the embedded broker. Not a valid agent id
@@ -70,18 +74,14 @@ impl EmbeddedBroker {
 }
 
 /// Starts rumqttd on a free loopback port (its own thread; it lives as long as the
-/// process) and the ACL front on `listen`, served until `shutdown`.
-///
-/// The front's address is bound at once, but agents are served only once `open` fires: the
-/// caller fires it when the coordinator's own subscriptions are in place. rumqttd is new with
-/// every process, so until then it would acknowledge an agent's QoS 1 event (and the agent
-/// empty its spool) with nobody subscribed to receive it. Agents that connect meanwhile wait
-/// in the listen backlog. If `open` is dropped unfired, agents are never served.
+/// process) and the ACL front on `listen`, served until `shutdown`. What agents publish goes
+/// to `inbox`, the channel the coordinator's dispatcher reads (as its MQTT client feeds it
+/// with an external broker); the coordinator's commands go through rumqttd.
 pub async fn start(
     listen: SocketAddr,
     store: Store,
+    inbox: mpsc::Sender<LinkEvent>,
     shutdown: CancellationToken,
-    open: oneshot::Receiver<()>,
 ) -> Result<EmbeddedBroker, BrokerError> {
     let front = TcpListener::bind(listen)
         .await
@@ -124,11 +124,12 @@ pub async fn start(
             addr: internal,
             password: front_secret,
         },
+        inbox,
         shutdown.clone(),
     )
     .await
     .map_err(BrokerError::Upstream)?;
-    tokio::spawn(serve_front(front, front_ctx, open, shutdown));
+    tokio::spawn(serve_front(front, front_ctx, shutdown));
     tracing::info!(%public, %internal, "embedded MQTT broker listening");
     Ok(EmbeddedBroker {
         public,
@@ -156,8 +157,7 @@ fn rumqttd_config(
         connection_timeout_ms: 10_000,
         max_payload_size: MAX_PACKET,
         // Packets read from one connection before the router is told (a batch bound, not
-        // an allocation). The front's connection carries every agent's messages, at most
-        // 128 unacknowledged QoS 1 publishes at a time.
+        // an allocation): the coordinator's commands, and the front's acknowledgements.
         max_inflight_count: 128,
         auth: None,
         external_auth: None,
@@ -187,7 +187,7 @@ fn rumqttd_config(
             max_outgoing_packet_count: 200,
             // rumqttd keeps every message published to a filter in that filter's in-memory
             // log until `max_segment_count` segments of `max_segment_size` bytes are full.
-            // Only the filters below are ever subscribed (the coordinator's and the front's);
+            // Only the front's `commands` filter is ever subscribed (see `segments`);
             // anything else gets one small segment.
             max_segment_size: 64 * 1024,
             max_segment_count: 1,
@@ -200,49 +200,20 @@ fn rumqttd_config(
     }
 }
 
-/// Log bounds for the subscribed filters. The coordinator's status, state and events may
-/// lag by a few MiB (a whole fleet reconnecting at once, ~1.3 KiB per agent) before the
-/// oldest unread messages are dropped; telemetry is only kept briefly. The front's
-/// subscription to every agent's `commands` is read at once (the front queues per agent),
-/// so it needs room for a burst of commands only; commands live in the database anyway.
+/// Log bounds for the one subscribed filter: the front's, on every agent's `commands`. The
+/// front reads it at once (it queues per agent), so it needs room for a burst of commands
+/// only; commands live in the database anyway.
 fn segments() -> HashMap<String, rumqttd::SegmentConfig> {
-    munifab_protocol::topic::filter::coordinator()
-        .into_iter()
-        .chain([super::front::commands_filter()])
-        .map(|f| {
-            let (max_segment_size, max_segment_count) =
-                if f.ends_with("/telemetry") || f.ends_with("/commands") {
-                    (256 * 1024, 2)
-                } else {
-                    (1024 * 1024, 4)
-                };
-            (
-                f,
-                rumqttd::SegmentConfig {
-                    max_segment_size,
-                    max_segment_count,
-                },
-            )
-        })
-        .collect()
+    HashMap::from([(
+        super::front::commands_filter(),
+        rumqttd::SegmentConfig {
+            max_segment_size: 256 * 1024,
+            max_segment_count: 2,
+        },
+    )])
 }
 
-async fn serve_front(
-    listener: TcpListener,
-    front: Arc<Front>,
-    open: oneshot::Receiver<()>,
-    shutdown: CancellationToken,
-) {
-    tokio::select! {
-        () = shutdown.cancelled() => return,
-        opened = open => {
-            if opened.is_err() {
-                tracing::error!("MQTT front: the coordinator never subscribed; not serving agents");
-                return;
-            }
-        }
-    }
-    tracing::info!("MQTT front: serving agents");
+async fn serve_front(listener: TcpListener, front: Arc<Front>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,

@@ -1,11 +1,14 @@
-//! The embedded broker's front: it terminates every agent's MQTT 3.1.1 connection itself
-//! and carries all of them over **one** connection to rumqttd.
+//! The embedded broker's front: it terminates every agent's MQTT 3.1.1 connection itself,
+//! hands what agents publish straight to the coordinator in this process, and takes the
+//! coordinator's commands from rumqttd over **one** connection for all agents.
 //!
 //! rumqttd 0.20 reserves about 145 KiB per client connection through constants its
 //! configuration does not reach (packet queues, read/write buffers, ack logs, a filter log
-//! per `commands` subscription), about 70 MiB resident per 1,000 agents. Here rumqttd holds
-//! two connections whatever the fleet: the coordinator's and this front's. An agent costs a
-//! task, its socket and a small [`Session`].
+//! per `commands` subscription), about 70 MiB resident per 1,000 agents, and it keeps every
+//! message in an in-memory log per subscribed filter, delivered or not, with no
+//! backpressure on publishers. Here rumqttd holds two connections whatever the fleet (the
+//! coordinator's and this front's) and carries commands only. An agent costs a task, its
+//! socket and a small [`Session`].
 //!
 //! Per agent connection the front does what a broker does for a clean session:
 //!
@@ -13,11 +16,14 @@
 //!   will may only be on the agent's own `status` topic. No session is kept (CONNACK's
 //!   session-present flag is always 0): commands are re-sent by the coordinator from its
 //!   database when the agent says it is online, never from a broker session.
-//! - PUBLISH QoS 0/1: checked against the ACL ([`super::broker::allowed`]) and forwarded
-//!   upstream with its topic, QoS and retain flag. A QoS 1 PUBLISH is acknowledged to the
-//!   agent only once rumqttd has acknowledged it upstream, so the agent empties its spool
-//!   only when the broker holds the message, as it did when rumqttd talked to it directly.
-//!   QoS 2 is refused (no agent uses it).
+//! - PUBLISH QoS 0/1: checked against the ACL ([`super::broker::allowed`]) and handed to
+//!   the coordinator's inbox (the channel its MQTT client feeds with an external broker),
+//!   in order per connection. A QoS 1 PUBLISH is acknowledged to the agent once the inbox
+//!   holds it, so the agent empties its spool only when the coordinator has the message; a
+//!   full inbox holds the agent's connection back (TCP backpressure), it never drops. The
+//!   retain flag is not kept: an agent's retained status and state only ever serve the
+//!   coordinator, which gets them live, and from every agent again when it restarts, as
+//!   the agents reconnect and republish. QoS 2 is refused (no agent uses it).
 //! - SUBSCRIBE: only the agent's own `commands` topic; anything else closes the connection.
 //!   The front holds one upstream subscription to every agent's `commands` and delivers each
 //!   message to the subscribed connections of the agent in the topic, with packet ids of
@@ -28,7 +34,7 @@
 //!   `commands` topic, and it never sets the retain flag.
 //! - PINGREQ, UNSUBSCRIBE, DISCONNECT; the keep-alive (1.5 × the agent's interval without a
 //!   packet closes the connection).
-//! - The last will is published upstream when the connection ends any way but DISCONNECT
+//! - The last will is handed to the coordinator when the connection ends any way but DISCONNECT
 //!   or a takeover: a drop, a keep-alive expiry, a protocol or ACL violation, a slow
 //!   consumer.
 //! - A second connection of the same agent with the same client id takes over: the old one
@@ -37,7 +43,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -50,9 +56,10 @@ use rumqttc::mqttbytes::{self, QoS};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::link::LinkEvent;
 use crate::store::Store;
 
 /// Largest MQTT packet accepted from an agent or from rumqttd.
@@ -65,7 +72,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long a takeover waits for the old connection to wind down (its last packets
-/// forwarded) before answering the new one.
+/// handed over) before answering the new one.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
 /// Bytes reserved per read from a socket (agents' messages are mostly under this; larger
@@ -79,20 +86,9 @@ pub const AGENT_INFLIGHT: usize = 16;
 /// connection is closed as a slow consumer.
 pub const AGENT_QUEUE: usize = 64;
 
-/// QoS 1 publishes forwarded upstream and not yet acknowledged by rumqttd, all agents
-/// together. Small on purpose: rumqttd's buffers for the front's connection grow to the
-/// largest burst it was sent and never shrink, and a loopback round trip is short.
-const UPSTREAM_INFLIGHT: usize = 128;
-
-/// Packets queued for the upstream writer.
-const UPSTREAM_QUEUE: usize = 4096;
-
 /// Keep-alive of the upstream connection, and how often it pings.
 const UPSTREAM_KEEP_ALIVE_S: u16 = 60;
 const UPSTREAM_PING: Duration = Duration::from_secs(20);
-
-/// The batch the upstream writer assembles before one write.
-const UPSTREAM_BATCH: usize = 64 * 1024;
 
 /// MQTT user name of the front on rumqttd's private port. Not a valid agent id (upper
 /// case), so no agent token can claim it.
@@ -148,7 +144,7 @@ struct Session {
     state: Mutex<Shared>,
     /// Wakes the connection's task: something was queued for it, or it must end.
     wake: Notify,
-    /// Cancelled once the connection's task has forwarded its last packet (and its will).
+    /// Cancelled once the connection's task has handed over its last packet (and its will).
     done: CancellationToken,
 }
 
@@ -156,8 +152,6 @@ struct Session {
 struct Shared {
     /// Commands for this connection, not yet written: payload and QoS.
     commands: VecDeque<(Bytes, QoS)>,
-    /// PUBACKs owed to the agent: its QoS 1 publishes that rumqttd has acknowledged.
-    acks: Vec<u16>,
     /// The QoS of the agent's `commands` subscription, if it has one.
     subscribed: Option<QoS>,
     /// Set by others to make the connection end.
@@ -180,33 +174,16 @@ impl Session {
     }
 }
 
-/// A packet for rumqttd.
-struct Up {
-    publish: Publish,
-    /// Whom to acknowledge once rumqttd has (QoS 1 publishes only): the agent's
-    /// connection and its packet id.
-    ack_to: Option<(Weak<Session>, u16)>,
-    /// Held until rumqttd acknowledges (QoS 1 only): bounds the upstream packet ids in use.
-    permit: Option<OwnedSemaphorePermit>,
-}
-
-/// A QoS 1 publish upstream waiting for rumqttd's PUBACK.
-struct Pending {
-    ack_to: Option<(Weak<Session>, u16)>,
-    _permit: Option<OwnedSemaphorePermit>,
-}
-
 /// The front: sessions by agent, and the upstream connection's shared parts.
 pub(crate) struct Front {
     store: Store,
     sessions: Mutex<HashMap<AgentId, Vec<Arc<Session>>>>,
-    up: mpsc::Sender<Up>,
+    /// The coordinator's inbox: what agents publish.
+    inbox: mpsc::Sender<LinkEvent>,
     /// PUBACKs owed to rumqttd for the commands it delivered; written by the upstream
     /// writer (the reader never waits on the writer, so neither side can stall the other).
     up_acks: Mutex<Vec<u16>>,
     up_wake: Notify,
-    pending: Mutex<HashMap<u16, Pending>>,
-    inflight: Arc<Semaphore>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -225,23 +202,20 @@ impl Front {
     pub(crate) async fn start(
         store: Store,
         upstream: Upstream,
+        inbox: mpsc::Sender<LinkEvent>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Front>, String> {
-        let (up, rx) = mpsc::channel(UPSTREAM_QUEUE);
         let front = Arc::new(Front {
             store,
             sessions: Mutex::new(HashMap::new()),
-            up,
+            inbox,
             up_acks: Mutex::new(Vec::new()),
             up_wake: Notify::new(),
-            pending: Mutex::new(HashMap::new()),
-            inflight: Arc::new(Semaphore::new(UPSTREAM_INFLIGHT)),
         });
         let (ready, connected) = oneshot::channel();
         tokio::spawn(upstream_loop(
             front.clone(),
             upstream,
-            rx,
             ready,
             shutdown.clone(),
         ));
@@ -275,7 +249,7 @@ impl Front {
         let old = self.register(&session);
         if let Some(old) = old {
             old.end(End::TakenOver);
-            // Its last packets go upstream before anything of the new connection.
+            // Its last packets reach the coordinator before anything of the new connection.
             let _ = Box::pin(tokio::time::timeout(TAKEOVER_WAIT, old.done.cancelled())).await;
         }
         // The will's payload is a slice of the read buffer the CONNECT arrived in: copied,
@@ -375,39 +349,23 @@ impl Front {
     }
 
     async fn publish_will(&self, will: LastWill) {
-        let mut publish = Publish::from_bytes(will.topic, will.qos, will.message);
-        publish.retain = will.retain;
+        let publish = Publish::from_bytes(will.topic, will.qos, will.message);
         // Nobody to acknowledge: the connection is gone.
-        let _ = self.forward(publish, None).await;
+        let _ = self.hand_over(publish).await;
     }
 
-    /// Queues `publish` for rumqttd (QoS 2 goes as QoS 1: the front does not speak QoS 2).
-    async fn forward(
-        &self,
-        mut publish: Publish,
-        ack_to: Option<(Weak<Session>, u16)>,
-    ) -> Result<(), String> {
-        publish.dup = false;
-        let permit = if publish.qos == QoS::AtMostOnce {
-            None
-        } else {
-            publish.qos = QoS::AtLeastOnce;
-            Some(
-                self.inflight
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| "the upstream broker is gone".to_string())?,
-            )
-        };
-        self.up
-            .send(Up {
-                publish,
-                ack_to,
-                permit,
+    /// Puts `publish` in the coordinator's inbox, waiting while it is full; `Err` once the
+    /// coordinator is gone (shutting down).
+    async fn hand_over(&self, publish: Publish) -> Result<(), String> {
+        // Copied out of the connection's read buffer, so a queued message keeps only itself.
+        let payload = Bytes::copy_from_slice(&publish.payload);
+        self.inbox
+            .send(LinkEvent::Message {
+                topic: publish.topic,
+                payload,
             })
             .await
-            .map_err(|_| "the upstream broker is gone".to_string())
+            .map_err(|_| "the coordinator is gone".to_string())
     }
 
     /// A message rumqttd delivered on some agent's `commands` topic.
@@ -444,10 +402,10 @@ impl Front {
         }
     }
 
-    /// The upstream connection broke: every agent connection is closed (their unacknowledged
-    /// publishes are re-sent by them on reconnection) and pending acks are forgotten.
+    /// The upstream connection broke: every agent connection is closed (so no command can
+    /// be missed while it is down: they are re-sent from the database when the agents are
+    /// back) and acks owed upstream are forgotten.
     fn upstream_lost(&self) {
-        lock(&self.pending).clear();
         lock(&self.up_acks).clear();
         let all: Vec<Arc<Session>> = lock(&self.sessions).values().flatten().cloned().collect();
         for s in all {
@@ -547,10 +505,12 @@ impl AgentConn<'_> {
         super::broker::allowed(agent, &packet).map_err(End::Unclean)?;
         match packet {
             Packet::Publish(p) => match p.qos {
-                QoS::AtMostOnce => self.front.forward(p, None).await.map_err(End::Unclean),
+                QoS::AtMostOnce => self.front.hand_over(p).await.map_err(End::Unclean),
                 QoS::AtLeastOnce => {
-                    let to = (Arc::downgrade(self.session), p.pkid);
-                    self.front.forward(p, Some(to)).await.map_err(End::Unclean)
+                    let pkid = p.pkid;
+                    self.front.hand_over(p).await.map_err(End::Unclean)?;
+                    let _ = PubAck::new(pkid).write(&mut self.out);
+                    Ok(())
                 }
                 QoS::ExactlyOnce => Err(End::Unclean(format!(
                     "agent {agent} published with QoS 2, which this broker does not support"
@@ -607,9 +567,6 @@ impl AgentConn<'_> {
             let mut state = self.session.state();
             if let Some(end) = state.end.take() {
                 return Err(end);
-            }
-            for pkid in state.acks.drain(..) {
-                let _ = PubAck::new(pkid).write(&mut self.out);
             }
             while self.inflight.len() < AGENT_INFLIGHT {
                 let Some((payload, qos)) = state.commands.pop_front() else {
@@ -739,7 +696,6 @@ async fn check_connect(connect: &Connect, store: &Store) -> Result<AgentId, Refu
 async fn upstream_loop(
     front: Arc<Front>,
     upstream: Upstream,
-    mut rx: mpsc::Receiver<Up>,
     ready: oneshot::Sender<Result<(), String>>,
     shutdown: CancellationToken,
 ) {
@@ -756,7 +712,7 @@ async fn upstream_loop(
                 }
                 let why = tokio::select! {
                     () = shutdown.cancelled() => return,
-                    why = run_upstream(&front, read, write, buf, &mut rx) => why,
+                    why = run_upstream(&front, read, write, buf) => why,
                 };
                 tracing::error!(%why, "MQTT front: upstream connection to rumqttd lost");
             }
@@ -827,7 +783,6 @@ async fn run_upstream(
     mut read: OwnedReadHalf,
     mut write: OwnedWriteHalf,
     mut buf: BytesMut,
-    rx: &mut mpsc::Receiver<Up>,
 ) -> String {
     let reader = async {
         loop {
@@ -836,27 +791,13 @@ async fn run_upstream(
                 Ok(None) => return "closed by rumqttd".to_string(),
                 Err(e) => return e,
             };
-            match packet {
-                Packet::PubAck(ack) => {
-                    let pending = lock(&front.pending).remove(&ack.pkid);
-                    if let Some(Pending {
-                        ack_to: Some((session, pkid)),
-                        ..
-                    }) = pending
-                        && let Some(s) = session.upgrade()
-                    {
-                        s.state().acks.push(pkid);
-                        s.wake.notify_one();
-                    }
+            // Commands; anything else from rumqttd (PINGRESP, SUBACK) needs no answer.
+            if let Packet::Publish(p) = packet {
+                if p.qos != QoS::AtMostOnce {
+                    lock(&front.up_acks).push(p.pkid);
+                    front.up_wake.notify_one();
                 }
-                Packet::Publish(p) => {
-                    if p.qos != QoS::AtMostOnce {
-                        lock(&front.up_acks).push(p.pkid);
-                        front.up_wake.notify_one();
-                    }
-                    front.deliver(p);
-                }
-                _ => {}
+                front.deliver(p);
             }
             if buf.is_empty() {
                 buf = BytesMut::new();
@@ -864,30 +805,21 @@ async fn run_upstream(
         }
     };
     let writer = async {
-        let mut next_pkid: u16 = 0;
         let mut ping = tokio::time::interval(UPSTREAM_PING);
         ping.reset();
         let mut out = BytesMut::new();
         loop {
             tokio::select! {
-                up = rx.recv() => match up {
-                    Some(up) => encode_up(front, up, &mut next_pkid, &mut out),
-                    None => return "the front is gone".to_string(),
-                },
                 () = front.up_wake.notified() => {}
                 _ = ping.tick() => {
                     let _ = PingReq.write(&mut out);
                 }
             }
-            // Everything else already waiting goes in the same write.
             for pkid in lock(&front.up_acks).drain(..) {
                 let _ = PubAck::new(pkid).write(&mut out);
             }
-            while out.len() < UPSTREAM_BATCH {
-                match rx.try_recv() {
-                    Ok(up) => encode_up(front, up, &mut next_pkid, &mut out),
-                    Err(_) => break,
-                }
+            if out.is_empty() {
+                continue;
             }
             if let Err(e) = write.write_all(&out).await {
                 return format!("write: {e}");
@@ -898,36 +830,5 @@ async fn run_upstream(
     tokio::select! {
         why = reader => why,
         why = writer => why,
-    }
-}
-
-/// Encodes one packet for rumqttd, giving a QoS 1 publish an upstream packet id and
-/// remembering whom its PUBACK is for.
-fn encode_up(front: &Front, up: Up, next_pkid: &mut u16, out: &mut BytesMut) {
-    let Up {
-        mut publish,
-        ack_to,
-        permit,
-    } = up;
-    if publish.qos != QoS::AtMostOnce {
-        let mut pending = lock(&front.pending);
-        // At most UPSTREAM_INFLIGHT ids are in use (the permits), so a free one is near.
-        loop {
-            *next_pkid = next_pkid.wrapping_add(1);
-            if *next_pkid != 0 && !pending.contains_key(next_pkid) {
-                break;
-            }
-        }
-        publish.pkid = *next_pkid;
-        pending.insert(
-            *next_pkid,
-            Pending {
-                ack_to,
-                _permit: permit,
-            },
-        );
-    }
-    if let Err(e) = publish.write(out) {
-        tracing::warn!(error = %e, topic = %publish.topic, "MQTT front: cannot encode a publish");
     }
 }

@@ -1,13 +1,16 @@
 //! The coordinator's MQTT client. One task owns the rumqttc event loop; it forwards
-//! inbound publishes to the dispatcher over a channel and (re)subscribes after every
-//! connection. Publishing goes through the cloneable [`rumqttc::AsyncClient`].
+//! inbound publishes to the dispatcher over a channel (its inbox) and (re)subscribes after
+//! every connection. Publishing goes through the cloneable [`rumqttc::AsyncClient`].
+//!
+//! With an external broker it subscribes to the agents' topics. With the embedded broker it
+//! subscribes to nothing: the front hands what agents publish to the same inbox itself
+//! ([`super::front`]), and this client only publishes commands.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use munifab_protocol::topic::filter;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Where and how the coordinator connects.
@@ -21,6 +24,8 @@ pub struct LinkSettings {
     pub client_id: String,
     /// User name and password, if the broker wants them.
     pub credentials: Option<(String, String)>,
+    /// Topic filters to subscribe to after every connection.
+    pub filters: Vec<String>,
 }
 
 /// What the link reports to the dispatcher.
@@ -60,17 +65,14 @@ pub fn client(settings: &LinkSettings) -> (AsyncClient, EventLoop) {
     (client, events)
 }
 
-/// Runs the event loop until `shutdown`, then disconnects. `subscribed` fires once the broker
-/// has acknowledged every subscription of the first connection.
+/// Runs the event loop until `shutdown`, then disconnects.
 pub async fn run(
     client: AsyncClient,
     mut events: EventLoop,
+    filters: Vec<String>,
     to_dispatcher: mpsc::Sender<LinkEvent>,
     shutdown: CancellationToken,
-    mut subscribed: Option<oneshot::Sender<()>>,
 ) {
-    // SUBACKs still awaited on this connection.
-    let mut unacked = 0usize;
     loop {
         let polled = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -79,11 +81,9 @@ pub async fn run(
         match polled {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 tracing::info!("connected to the MQTT broker");
-                unacked = 0;
-                for f in filter::coordinator() {
-                    match client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
-                        Ok(()) => unacked += 1,
-                        Err(e) => tracing::error!(filter = %f, error = %e, "subscribe failed"),
+                for f in &filters {
+                    if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
+                        tracing::error!(filter = %f, error = %e, "subscribe failed");
                     }
                 }
                 if to_dispatcher.send(LinkEvent::Connected).await.is_err() {
@@ -97,14 +97,6 @@ pub async fn run(
                 };
                 if to_dispatcher.send(msg).await.is_err() {
                     break;
-                }
-            }
-            Ok(Event::Incoming(Packet::SubAck(_))) => {
-                unacked = unacked.saturating_sub(1);
-                if unacked == 0
-                    && let Some(tx) = subscribed.take()
-                {
-                    let _ = tx.send(());
                 }
             }
             Ok(_) => {}
