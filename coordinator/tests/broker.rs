@@ -213,6 +213,24 @@ impl Fixture {
         raw
     }
 
+    /// Agents `lab-a` and `lab-b`, each connected and subscribed to its `commands` topic,
+    /// and the coordinator that publishes commands: `(coordinator, (a, a's commands topic),
+    /// (b, b's commands topic))`.
+    async fn two_subscribed_agents(&self) -> (Raw, (Raw, String), (Raw, String)) {
+        let commander = self.commander().await;
+        let mut both = Vec::new();
+        for name in ["lab-a", "lab-b"] {
+            let (id, token) = agent(self.store(), name).await;
+            let mut raw = self.agent(&id, &token, name, 30, None).await;
+            let commands = Topic::Commands(id).to_string();
+            raw.subscribe(&commands, 1).await;
+            both.push((raw, commands));
+        }
+        let b = both.pop().unwrap();
+        let a = both.pop().unwrap();
+        (commander, a, b)
+    }
+
     /// The next message the front handed to the coordinator: topic and payload.
     async fn received(&mut self) -> (String, String) {
         match tokio::time::timeout(WAIT, self.inbox.recv()).await {
@@ -312,17 +330,7 @@ async fn a_wrong_token_is_refused_with_a_connack_code() {
 #[tokio::test]
 async fn commands_reach_only_the_agent_they_are_for() {
     let f = fixture().await;
-    let (a, ta) = agent(f.store(), "lab-a").await;
-    let (b, tb) = agent(f.store(), "lab-b").await;
-    let mut coord = f.commander().await;
-    let mut agent_a = f.agent(&a, &ta, "lab-a", 30, None).await;
-    let mut agent_b = f.agent(&b, &tb, "lab-b", 30, None).await;
-    let (ca, cb) = (
-        Topic::Commands(a.clone()).to_string(),
-        Topic::Commands(b.clone()).to_string(),
-    );
-    agent_a.subscribe(&ca, 1).await;
-    agent_b.subscribe(&cb, 1).await;
+    let (mut coord, (mut agent_a, ca), (mut agent_b, cb)) = f.two_subscribed_agents().await;
 
     coord
         .publish(&ca, QoS::AtLeastOnce, false, "for a", 1)
@@ -438,17 +446,7 @@ async fn a_malformed_packet_closes_the_connection_and_nothing_behind_it_is_forwa
 #[tokio::test]
 async fn an_agent_that_does_not_take_its_commands_is_cut_off_and_holds_up_no_one() {
     let f = fixture().await;
-    let (a, ta) = agent(f.store(), "lab-a").await;
-    let (b, tb) = agent(f.store(), "lab-b").await;
-    let mut coord = f.commander().await;
-    let mut stuck = f.agent(&a, &ta, "lab-a", 30, None).await;
-    let mut fine = f.agent(&b, &tb, "lab-b", 30, None).await;
-    let (ca, cb) = (
-        Topic::Commands(a.clone()).to_string(),
-        Topic::Commands(b.clone()).to_string(),
-    );
-    stuck.subscribe(&ca, 1).await;
-    fine.subscribe(&cb, 1).await;
+    let (mut coord, (mut stuck, ca), (mut fine, cb)) = f.two_subscribed_agents().await;
 
     // `stuck` never acknowledges: AGENT_INFLIGHT go out, AGENT_QUEUE wait, one more is
     // too many

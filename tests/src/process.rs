@@ -232,20 +232,18 @@ impl Process {
         }
     }
 
-    /// Fails the test with the log once the process exits; never returns while it runs.
-    /// Race it (`tokio::select!`) against a wait the process must outlive. The exit is seen
+    /// Fails the test with the log once the process ends; never returns while it runs.
+    /// Race it (`tokio::select!`) against a wait the process must outlive. The end is seen
     /// when the child's output closes (both reader threads end and drop the line counter),
-    /// not by asking on a timer.
+    /// which MuniFab's binaries do only by exiting; the exit status is shown if the child
+    /// is already reaped.
     pub async fn fail_on_exit(&mut self) {
         while self.printed.changed().await.is_ok() {}
-        loop {
-            if let Some(status) = self.try_status() {
-                panic!("{} exited ({status}):\n{}", self.name, self.tail(40));
-            }
-            // Its output is closed but it is not reaped yet: the exit is moments away (or it
-            // closed its output and runs on, and the raced wait decides).
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let how = match self.try_status() {
+            Some(status) => format!("exited ({status})"),
+            None => "closed its output (exiting)".to_string(),
+        };
+        panic!("{} {how}:\n{}", self.name, self.tail(40));
     }
 
     /// Sends `SIGTERM` and waits (up to `within`) for the process to exit.

@@ -26,9 +26,9 @@ const START_PATIENCE: Duration = Duration::from_secs(60);
 /// The longest single wait for a change in [`eventually`]: below the coordinator's cap
 /// (60 s) and well inside the client's request timeout.
 const LONGEST_WAIT: Duration = Duration::from_secs(20);
-/// When the coordinator gives no answer (killed, restarting) there is no change to await
-/// until it is back: [`eventually`] runs the probe again after this pause.
-const NO_ANSWER_RETRY: Duration = Duration::from_millis(50);
+/// Long polls in a row that may get no answer before [`eventually`] fails: the probe runs
+/// again after each, so a coordinator that is gone fails the probe's own checks first.
+const NO_ANSWER_LIMIT: u32 = 3;
 
 /// Which broker and database an installation uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,9 +95,10 @@ pub fn unique() -> String {
 /// [`Agent::start`] does). Each wait ends by the deadline, which turns a hang into a failure
 /// that names what was awaited.
 ///
-/// When the coordinator gives no answer (a test killed it, or it is restarting) the failed
-/// long poll does not fail the test: the probe runs again shortly after, still bounded by
-/// the deadline, so the test's own checks (e.g. [`Coordinator::assert_running`]) decide.
+/// When the coordinator gives no answer to the long poll (a test killed it) that alone does
+/// not fail the test: the probe runs again at once, so its own checks (e.g.
+/// [`Coordinator::assert_running`]) decide and report. Only [`NO_ANSWER_LIMIT`] unanswered
+/// polls in a row fail here, naming the error.
 pub async fn eventually<T>(
     what: &str,
     within: Duration,
@@ -106,6 +107,7 @@ pub async fn eventually<T>(
 ) -> T {
     let deadline = Instant::now() + within;
     let mut revision: Option<u64> = None;
+    let mut unanswered = 0;
     loop {
         if revision.is_none() {
             revision = api.changes(None, Duration::ZERO).await.ok();
@@ -119,12 +121,20 @@ pub async fn eventually<T>(
             !left.is_zero(),
             "{what}: not within {within:?}; last seen: {seen}"
         );
-        revision = match revision {
-            Some(after) => api.changes(Some(after), left.min(LONGEST_WAIT)).await.ok(),
-            None => None,
-        };
-        if revision.is_none() {
-            tokio::time::sleep(NO_ANSWER_RETRY.min(left)).await;
+        // Without a revision to wait from, this asks for the current one (at once).
+        match api.changes(revision, left.min(LONGEST_WAIT)).await {
+            Ok(r) => {
+                revision = Some(r);
+                unanswered = 0;
+            }
+            Err(e) => {
+                unanswered += 1;
+                assert!(
+                    unanswered < NO_ANSWER_LIMIT,
+                    "{what}: the coordinator gave no answer to {unanswered} long polls in a row: {e}; last seen: {seen}"
+                );
+                revision = None;
+            }
         }
     }
 }

@@ -203,10 +203,6 @@ impl Api {
     }
 }
 
-/// When the coordinator gives no answer to a long poll there is no change to await until it
-/// answers again: [`Changes::wait`] returns after this pause instead.
-const NO_ANSWER_RETRY: Duration = Duration::from_millis(200);
-
 /// A loop's view of the coordinator's revision: read what you await, and if it is not there
 /// yet, wait for the next change (`GET /api/v1/changes`) rather than a timer.
 #[derive(Debug)]
@@ -228,32 +224,17 @@ impl<'a> Changes<'a> {
 
     /// Call before each read: notes the current revision (unless the last wait returned
     /// it), so a change made during the read answers the next wait at once.
-    pub async fn before_read(&mut self) {
+    pub async fn before_read(&mut self) -> anyhow::Result<()> {
         if self.seen.is_none() {
-            self.seen = self.ask(None, Duration::ZERO).await;
+            self.seen = Some(self.api.changes(self.token, None, Duration::ZERO).await?);
         }
+        Ok(())
     }
 
-    /// After a read that did not find what it awaits: returns at the next change, after
-    /// `wait` at most, or — when the coordinator gave no answer — after a short pause, so
-    /// the loop reads (and reports) again.
-    pub async fn wait(&mut self, wait: Duration) {
-        self.seen = match self.seen {
-            Some(after) => self.ask(Some(after), wait).await,
-            None => None,
-        };
-        if self.seen.is_none() {
-            tokio::time::sleep(NO_ANSWER_RETRY.min(wait)).await;
-        }
-    }
-
-    async fn ask(&self, after: Option<u64>, wait: Duration) -> Option<u64> {
-        match self.api.changes(self.token, after, wait).await {
-            Ok(r) => Some(r),
-            Err(e) => {
-                tracing::debug!(error = %e, "no answer to the change poll; reading again");
-                None
-            }
-        }
+    /// After a read that did not find what it awaits: returns at the next change, or after
+    /// `wait` at most.
+    pub async fn wait(&mut self, wait: Duration) -> anyhow::Result<()> {
+        self.seen = Some(self.api.changes(self.token, self.seen, wait).await?);
+        Ok(())
     }
 }

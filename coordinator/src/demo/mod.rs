@@ -474,7 +474,7 @@ impl Ctx<'_> {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut changes = Changes::new(self.api, self.admin);
         loop {
-            changes.before_read().await;
+            changes.before_read().await?;
             let machines: Vec<MachineView> = self.api.get(self.admin, "/api/v1/machines").await?;
             let up: BTreeSet<String> = machines
                 .iter()
@@ -501,7 +501,7 @@ impl Ctx<'_> {
                         .saturating_duration_since(Instant::now())
                         .min(LONGEST_WAIT),
                 )
-                .await;
+                .await?;
         }
     }
 
@@ -639,7 +639,7 @@ impl Ctx<'_> {
         let mut confirmed_at: BTreeMap<String, Instant> = BTreeMap::new();
         let mut changes = Changes::new(self.api, self.admin);
         loop {
-            changes.before_read().await;
+            changes.before_read().await?;
             let jobs: JobPage = self.api.get(self.admin, "/api/v1/jobs?limit=500").await?;
             let machines: Vec<MachineView> = self.api.get(self.admin, "/api/v1/machines").await?;
             let ours: Vec<&JobView> = jobs
@@ -736,7 +736,7 @@ impl Ctx<'_> {
                         .saturating_duration_since(Instant::now())
                         .min(CONFIRM_AGAIN),
                 )
-                .await;
+                .await?;
         }
         display.finish();
 
