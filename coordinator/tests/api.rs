@@ -227,7 +227,7 @@ impl Harness {
         new.artifact = self.artifacts.put(CUBE.as_bytes()).await.unwrap();
         new.size = CUBE.len() as u64;
         let job = s.submit_job(new, 3).await.unwrap();
-        s.assign_job(job.id, &agent("lab-a"), &machine("mk3"), 4, assign_command)
+        s.assign_job_unchecked(job.id, &agent("lab-a"), &machine("mk3"), 4, assign_command)
             .await
             .unwrap()
             .0
@@ -1292,7 +1292,7 @@ async fn designs_are_synced_searched_shown_downloaded_and_jobs_pin_their_revisio
     .await
     .unwrap();
     let (job, _) = s
-        .assign_job(pinned, &agent("lab-a"), &machine("mk3"), 3, assign_command)
+        .assign_job_unchecked(pinned, &agent("lab-a"), &machine("mk3"), 3, assign_command)
         .await
         .unwrap();
     finish(&h, &job, true, 7_200_000).await;

@@ -134,7 +134,7 @@ async fn an_assignment_advances_the_epoch_and_agent_events_carry_the_job_to_comp
         assert_eq!(s.free_machines().await.unwrap().len(), 1, "{}", db.name);
         let job = s.submit_job(new_job("c"), 20).await.unwrap();
         let (job, cmd) = s
-            .assign_job(job.id, &agent("lab-a"), &machine("mk3"), 30, assign_command)
+            .assign_job_unchecked(job.id, &agent("lab-a"), &machine("mk3"), 30, assign_command)
             .await
             .unwrap();
         assert_eq!((job.state, job.epoch), (JobState::Assigned, 1));
@@ -217,7 +217,7 @@ async fn replays_and_reports_from_an_older_epoch_do_not_move_the_job() {
         online_ready_machine(s, "lab-a", "mk3").await;
         let a = agent("lab-a");
         let job = s.submit_job(new_job("c"), 1).await.unwrap();
-        s.assign_job(job.id, &a, &machine("mk3"), 2, assign_command)
+        s.assign_job_unchecked(job.id, &a, &machine("mk3"), 2, assign_command)
             .await
             .unwrap();
         s.apply_event(
@@ -259,7 +259,7 @@ async fn a_rejected_job_is_requeued_excluding_the_machine_then_fails_after_too_m
         let mut job = s.submit_job(new_job("c"), 1).await.unwrap();
         for round in 1..=MAX_REJECTIONS {
             let (assigned, _) = s
-                .assign_job(job.id, &a, &machine("mk3"), 10, assign_command)
+                .assign_job_unchecked(job.id, &a, &machine("mk3"), 10, assign_command)
                 .await
                 .unwrap();
             assert_eq!(assigned.epoch, round as u64);
@@ -300,7 +300,7 @@ async fn a_job_whose_agent_stays_away_is_lost_and_requeued_but_its_agents_report
         online_ready_machine(s, "lab-a", "mk3").await;
         let a = agent("lab-a");
         let job = s.submit_job(new_job("c"), 1).await.unwrap();
-        s.assign_job(job.id, &a, &machine("mk3"), 2, assign_command)
+        s.assign_job_unchecked(job.id, &a, &machine("mk3"), 2, assign_command)
             .await
             .unwrap();
         s.apply_event(
@@ -356,7 +356,7 @@ async fn the_fail_policy_fails_a_lost_job() {
         online_ready_machine(s, "lab-a", "mk3").await;
         let a = agent("lab-a");
         let job = s.submit_job(new_job("c"), 1).await.unwrap();
-        s.assign_job(job.id, &a, &machine("mk3"), 2, assign_command)
+        s.assign_job_unchecked(job.id, &a, &machine("mk3"), 2, assign_command)
             .await
             .unwrap();
         s.set_agent_status(&a, &offline(), 10).await.unwrap();
@@ -385,7 +385,7 @@ async fn cancel_is_immediate_in_the_queue_and_a_command_on_a_machine() {
         assert_eq!(j.state, JobState::Cancelled);
 
         let job = s.submit_job(new_job("c"), 3).await.unwrap();
-        s.assign_job(job.id, &agent("lab-a"), &machine("mk3"), 4, assign_command)
+        s.assign_job_unchecked(job.id, &agent("lab-a"), &machine("mk3"), 4, assign_command)
             .await
             .unwrap();
         let CommandOutcome::Sent(j, cmd) = s.cancel_job(job.id, 5).await.unwrap() else {
@@ -481,7 +481,7 @@ async fn a_job_cancelled_while_its_agent_was_away_is_cancelled_not_requeued_when
         online_ready_machine(s, "lab-a", "mk3").await;
         let a = agent("lab-a");
         let job = s.submit_job(new_job("c"), 1).await.unwrap();
-        s.assign_job(job.id, &a, &machine("mk3"), 2, assign_command)
+        s.assign_job_unchecked(job.id, &a, &machine("mk3"), 2, assign_command)
             .await
             .unwrap();
         s.set_agent_status(&a, &offline(), 10).await.unwrap();
@@ -524,7 +524,7 @@ async fn run_job(
     new.requirements.material = Some("PLA".into());
     let job = s.submit_job(new, t0).await.unwrap();
     let (job, _) = s
-        .assign_job(job.id, &agent(a), &machine(m), t0, assign_command)
+        .assign_job_unchecked(job.id, &agent(a), &machine(m), t0, assign_command)
         .await
         .unwrap();
     let ag = agent(a);
@@ -731,7 +731,7 @@ async fn runs_ending_at_once_append_one_unbroken_chain() {
             online_ready_machine(s, &a, "mk3").await;
             let job = s.submit_job(new_job("coop-a"), 100).await.unwrap();
             let (job, _) = s
-                .assign_job(job.id, &agent(&a), &machine("mk3"), 200, assign_command)
+                .assign_job_unchecked(job.id, &agent(&a), &machine("mk3"), 200, assign_command)
                 .await
                 .unwrap();
             s.apply_event(
@@ -1241,7 +1241,7 @@ async fn a_picture_outdated_by_another_writer_never_places_on_a_machine_that_can
         run_job(&other, "coop-a", "lab-c", "mk3", 300, 1_000, End::Completed).await;
         let theirs = other.submit_job(new_job("coop-b"), 400).await.unwrap();
         other
-            .assign_job(
+            .assign_job_unchecked(
                 theirs.id,
                 &agent("lab-d"),
                 &machine("mk3"),
@@ -1442,7 +1442,7 @@ async fn every_kind_of_write_the_api_shows_moves_the_revision_that_all_clones_sh
             s,
             n,
             "an assignment",
-            s.assign_job(job.id, &a, &m, 7, assign_command),
+            s.assign_job_unchecked(job.id, &a, &m, 7, assign_command),
         )
         .await
         .unwrap();

@@ -706,8 +706,11 @@ impl Store {
     }
 
     /// Assigns a queued job to a machine under a new epoch and queues the `assign` command
-    /// built by `command`, in one transaction.
-    pub async fn assign_job(
+    /// built by `command`, in one transaction, **without** checking that the machine can
+    /// start it now (agent online, `ready`, confirmed by a person): the outbox will send the
+    /// command all the same. For tests and tools that set up a state; the dispatcher places
+    /// through [`Store::place_job`], which checks.
+    pub async fn assign_job_unchecked(
         &self,
         id: JobId,
         agent: &AgentId,
@@ -715,13 +718,13 @@ impl Store {
         now: i64,
         command: impl FnOnce(&Job) -> Message<Command>,
     ) -> Result<(Job, QueuedCommand), StoreError> {
-        self.assign_job_in_pool(id, agent, machine, None, now, command)
+        self.assign_job_in_pool_unchecked(id, agent, machine, None, now, command)
             .await
     }
 
-    /// [`Store::assign_job`], recording the pool the machine is used through (the one
-    /// its ledger entry will name).
-    pub async fn assign_job_in_pool(
+    /// [`Store::assign_job_unchecked`], recording the pool the machine is used through (the
+    /// one its ledger entry will name). Checks no more than it does.
+    pub async fn assign_job_in_pool_unchecked(
         &self,
         id: JobId,
         agent: &AgentId,
@@ -734,7 +737,7 @@ impl Store {
             .await
     }
 
-    /// The scheduler's placement: [`Store::assign_job_in_pool`], and in the same
+    /// The scheduler's placement: [`Store::assign_job_in_pool_unchecked`], and in the same
     /// transaction the machine must still be able to start this job — its agent online, it
     /// reports `ready`, and its readiness record admits the job's process (a person
     /// confirmed it after its last job; stock loaded and zeroed for CNC) — else
