@@ -604,15 +604,16 @@ async fn run(
     };
     let count = value("munifab_dispatch_latency_seconds_count");
     let internal_mean_ms = value("munifab_dispatch_latency_seconds_sum") * 1000.0 / count.max(1.0);
-    // The agents go with their run: left running, they would reconnect to a broker the next
-    // run uses with the same ids and stale keys.
-    for agent in fleet {
-        agent.abort();
-    }
+    // The coordinator stops first, so it does not log a thousand dropped connections. The
+    // agents go with their run: left running, they would reconnect to a broker the next run
+    // uses with the same ids and stale keys.
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
+    for agent in fleet {
+        agent.abort();
+    }
     let _ = std::fs::remove_dir_all(&dir);
     if external.is_some() {
         clear_retained(&host, port, &all_ids).await;

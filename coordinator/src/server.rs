@@ -2,8 +2,10 @@
 //! and the HTTP API, started in order and stopped in order.
 //!
 //! Shutdown (one cancellation token): HTTP stops accepting and finishes in-flight
-//! requests (a waiting `GET /api/v1/changes` answers at once); the dispatcher stops between two steps; the link disconnects; the database
-//! closes. The embedded rumqttd thread ends with the process.
+//! requests (a waiting `GET /api/v1/changes` answers at once); the dispatcher stops
+//! between two steps; the link disconnects (with a DISCONNECT to an external broker; the
+//! embedded one just sees the socket close); the database closes. The embedded rumqttd
+//! thread ends with the process.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -250,6 +252,7 @@ pub async fn start(
                         b.coordinator_password().to_string(),
                     )),
                     filters: Vec::new(),
+                    disconnect: false,
                 },
                 Some(b.public_addr()),
             )
@@ -265,6 +268,7 @@ pub async fn start(
                 client_id: settings.mqtt_client_id.clone(),
                 credentials: credentials.clone(),
                 filters: munifab_protocol::topic::filter::coordinator().to_vec(),
+                disconnect: true,
             },
             None,
         ),
@@ -277,6 +281,7 @@ pub async fn start(
         client.clone(),
         events,
         link_settings.filters.clone(),
+        link_settings.disconnect,
         tx,
         shutdown.clone(),
     ));

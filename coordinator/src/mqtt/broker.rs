@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use munifab_protocol::{AgentId, Topic, TopicKind};
 use rumqttc::mqttbytes::v4::Packet;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -40,9 +40,6 @@ pub enum BrokerError {
         /// The IO error.
         source: std::io::Error,
     },
-    /// rumqttd did not start accepting connections.
-    #[error("the embedded broker did not start listening on {0}")]
-    NotListening(SocketAddr),
     /// The front could not connect to rumqttd.
     #[error("the MQTT front cannot connect to the embedded broker: {0}")]
     Upstream(String),
@@ -117,7 +114,6 @@ pub async fn start(
             }
         })
         .expect("spawn the broker thread");
-    wait_listening(internal).await?;
     let front_ctx = Front::start(
         store,
         Upstream {
@@ -136,16 +132,6 @@ pub async fn start(
         internal,
         coordinator_password,
     })
-}
-
-async fn wait_listening(addr: SocketAddr) -> Result<(), BrokerError> {
-    for _ in 0..1000 {
-        if TcpStream::connect(addr).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    Err(BrokerError::NotListening(addr))
 }
 
 fn rumqttd_config(

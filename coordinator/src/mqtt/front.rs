@@ -89,6 +89,8 @@ pub const AGENT_QUEUE: usize = 64;
 /// Keep-alive of the upstream connection, and how often it pings.
 const UPSTREAM_KEEP_ALIVE_S: u16 = 60;
 const UPSTREAM_PING: Duration = Duration::from_secs(20);
+/// How long the first upstream connection waits for rumqttd to listen.
+const UPSTREAM_START_PATIENCE: Duration = Duration::from_secs(10);
 
 /// MQTT user name of the front on rumqttd's private port. Not a valid agent id (upper
 /// case), so no agent token can claim it.
@@ -701,9 +703,15 @@ async fn upstream_loop(
 ) {
     let mut ready = Some(ready);
     loop {
+        // At start rumqttd may still be binding its listener on its own thread.
+        let patience = if ready.is_some() {
+            UPSTREAM_START_PATIENCE
+        } else {
+            Duration::ZERO
+        };
         let connected = tokio::select! {
             () = shutdown.cancelled() => return,
-            c = connect_upstream(&upstream) => c,
+            c = connect_upstream(&upstream, patience) => c,
         };
         match connected {
             Ok((read, write, buf)) => {
@@ -732,13 +740,26 @@ async fn upstream_loop(
     }
 }
 
-/// Connects to rumqttd as [`FRONT_USER`] and subscribes to every agent's commands.
+/// Connects to rumqttd as [`FRONT_USER`] and subscribes to every agent's commands; a
+/// refused connection is tried again for up to `patience`.
 async fn connect_upstream(
     upstream: &Upstream,
+    patience: Duration,
 ) -> Result<(OwnedReadHalf, OwnedWriteHalf, BytesMut), String> {
-    let stream = TcpStream::connect(upstream.addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+    let deadline = tokio::time::Instant::now() + patience;
+    // A real CONNECT is the probe: a bare TCP probe is logged by rumqttd as an error.
+    let stream = loop {
+        match TcpStream::connect(upstream.addr).await {
+            Ok(s) => break s,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => return Err(format!("connect: {e}")),
+        }
+    };
     let _ = stream.set_nodelay(true);
     let (mut read, mut write) = stream.into_split();
     let mut connect = Connect::new(FRONT_USER);

@@ -26,6 +26,10 @@ pub struct LinkSettings {
     pub credentials: Option<(String, String)>,
     /// Topic filters to subscribe to after every connection.
     pub filters: Vec<String>,
+    /// Whether to send DISCONNECT at shutdown. Off for the embedded broker, which ends
+    /// with this process: rumqttd takes a DISCONNECT followed by the socket closing as two
+    /// disconnections and logs the second as an error.
+    pub disconnect: bool,
 }
 
 /// What the link reports to the dispatcher.
@@ -70,6 +74,7 @@ pub async fn run(
     client: AsyncClient,
     mut events: EventLoop,
     filters: Vec<String>,
+    disconnect: bool,
     to_dispatcher: mpsc::Sender<LinkEvent>,
     shutdown: CancellationToken,
 ) {
@@ -109,7 +114,9 @@ pub async fn run(
             }
         }
     }
-    let _ = client.try_disconnect();
-    // Let the DISCONNECT go out; a broken connection ends this at once.
-    let _ = tokio::time::timeout(Duration::from_secs(1), events.poll()).await;
+    if disconnect {
+        let _ = client.try_disconnect();
+        // Let the DISCONNECT go out; a broken connection ends this at once.
+        let _ = tokio::time::timeout(Duration::from_secs(1), events.poll()).await;
+    }
 }
