@@ -472,7 +472,9 @@ async fn run(
             eprintln!("  (coordinator log in {})", log.display());
         }
         Err(_) => {
-            cmd.env("MUNIFAB_LOG", "warn").stdout(Stdio::null());
+            // Errors only: the benchmark's own probe and its warm-up agents, which vanish
+            // on purpose, are each worth a warning in a real coordinator.
+            cmd.env("MUNIFAB_LOG", "error").stdout(Stdio::null());
         }
     }
     let (host, port, label) = match &external {
