@@ -332,6 +332,7 @@ async fn warm_up(
         .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        let seen = revision(api, admin, None).await;
         let ready = ready_machines(api, admin).await;
         if ready >= agents.len() {
             break;
@@ -341,7 +342,7 @@ async fn warm_up(
             "warm-up: {ready} of {} machines ready",
             agents.len()
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        revision(api, admin, Some(seen)).await;
     }
     let mut jobs = Vec::new();
     for _ in agents {
@@ -363,6 +364,7 @@ async fn warm_up(
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        let seen = revision(api, admin, None).await;
         let r = http::request(api, "GET", "/api/v1/agents", Some(admin), &[], b"").await;
         let online = r
             .json()
@@ -378,8 +380,20 @@ async fn warm_up(
             Instant::now() < deadline,
             "warm-up: {online} agents still online 60 s after they left"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        revision(api, admin, Some(seen)).await;
     }
+}
+
+/// The coordinator's store revision: at once with `after` = `None`, else once it differs
+/// from `after` (or after a second with nothing new).
+async fn revision(api: SocketAddr, token: &str, after: Option<u64>) -> u64 {
+    let path = match after {
+        Some(r) => format!("/api/v1/changes?after={r}&wait_ms=1000"),
+        None => "/api/v1/changes".to_string(),
+    };
+    let r = http::request(api, "GET", &path, Some(token), &[], b"").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["revision"].as_u64().unwrap()
 }
 
 struct Run {
@@ -544,6 +558,7 @@ async fn run(
             continue;
         }
         loop {
+            let seen = revision(api, &admin, None).await;
             let ready = ready_machines(api, &admin).await;
             if ready >= connected {
                 break;
@@ -552,7 +567,7 @@ async fn run(
                 started.elapsed() < Duration::from_secs(300),
                 "only {ready} of {connected} machines ready after 300 s"
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            revision(api, &admin, Some(seen)).await;
         }
     }
     let connect_s = started.elapsed().as_secs_f64();
