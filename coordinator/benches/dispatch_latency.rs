@@ -288,9 +288,10 @@ async fn clear_retained(host: &str, port: u16, agents: &[AgentId]) {
 }
 
 /// Machines the API lists as ready on an online agent.
-async fn ready_machines(api: SocketAddr, admin: &str) -> usize {
-    let r = http::request(api, "GET", "/api/v1/machines", Some(admin), &[], b"").await;
-    r.json()
+async fn ready_machines(admin_api: &munifab_tests::http::Client) -> usize {
+    admin_api
+        .get_json("/api/v1/machines")
+        .await
         .as_array()
         .unwrap()
         .iter()
@@ -300,6 +301,9 @@ async fn ready_machines(api: SocketAddr, admin: &str) -> usize {
 
 /// Agents that connect, each take one job and vanish before the fleet is measured.
 const WARM_AGENTS: usize = 20;
+
+/// The longest single wait for the coordinator's next change while waiting for the fleet.
+const CHANGE_WAIT: Duration = Duration::from_secs(1);
 
 /// Brings the coordinator to where a running service is before a fleet arrives: agents have
 /// connected, jobs have been analysed, placed and cancelled, and the agents have gone
@@ -314,6 +318,7 @@ async fn warm_up(
     admin: &str,
     agents: &[(AgentId, String)],
 ) {
+    let admin_api = munifab_tests::http::Client::new(api, Some(admin));
     let (tx, mut assigned) = mpsc::unbounded_channel();
     let (settled, _) = mpsc::unbounded_channel();
     let fleet: Vec<_> = agents
@@ -332,8 +337,8 @@ async fn warm_up(
         .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let seen = revision(api, admin, None).await;
-        let ready = ready_machines(api, admin).await;
+        let seen = admin_api.changes(None, Duration::ZERO).await.unwrap();
+        let ready = ready_machines(&admin_api).await;
         if ready >= agents.len() {
             break;
         }
@@ -342,7 +347,7 @@ async fn warm_up(
             "warm-up: {ready} of {} machines ready",
             agents.len()
         );
-        revision(api, admin, Some(seen)).await;
+        admin_api.changes(Some(seen), CHANGE_WAIT).await.unwrap();
     }
     let mut jobs = Vec::new();
     for _ in agents {
@@ -364,10 +369,10 @@ async fn warm_up(
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let seen = revision(api, admin, None).await;
-        let r = http::request(api, "GET", "/api/v1/agents", Some(admin), &[], b"").await;
-        let online = r
-            .json()
+        let seen = admin_api.changes(None, Duration::ZERO).await.unwrap();
+        let online = admin_api
+            .get_json("/api/v1/agents")
+            .await
             .as_array()
             .unwrap()
             .iter()
@@ -380,20 +385,8 @@ async fn warm_up(
             Instant::now() < deadline,
             "warm-up: {online} agents still online 60 s after they left"
         );
-        revision(api, admin, Some(seen)).await;
+        admin_api.changes(Some(seen), CHANGE_WAIT).await.unwrap();
     }
-}
-
-/// The coordinator's store revision: at once with `after` = `None`, else once it differs
-/// from `after` (or after a second with nothing new).
-async fn revision(api: SocketAddr, token: &str, after: Option<u64>) -> u64 {
-    let path = match after {
-        Some(r) => format!("/api/v1/changes?after={r}&wait_ms=1000"),
-        None => "/api/v1/changes".to_string(),
-    };
-    let r = http::request(api, "GET", &path, Some(token), &[], b"").await;
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    r.json()["revision"].as_u64().unwrap()
 }
 
 struct Run {
@@ -532,6 +525,7 @@ async fn run(
     let started = Instant::now();
     // Agents come online in batches, as sites do: a burst of thousands of retained
     // messages at once overflows a default Mosquitto's per-client queue (1000 messages).
+    let admin_api = munifab_tests::http::Client::new(api, Some(&admin));
     let mut connected = 0;
     for batch in agent_tokens.chunks(100) {
         by_fleet.push((connected, mem(child.id())));
@@ -558,8 +552,8 @@ async fn run(
             continue;
         }
         loop {
-            let seen = revision(api, &admin, None).await;
-            let ready = ready_machines(api, &admin).await;
+            let seen = admin_api.changes(None, Duration::ZERO).await.unwrap();
+            let ready = ready_machines(&admin_api).await;
             if ready >= connected {
                 break;
             }
@@ -567,7 +561,7 @@ async fn run(
                 started.elapsed() < Duration::from_secs(300),
                 "only {ready} of {connected} machines ready after 300 s"
             );
-            revision(api, &admin, Some(seen)).await;
+            admin_api.changes(Some(seen), CHANGE_WAIT).await.unwrap();
         }
     }
     let connect_s = started.elapsed().as_secs_f64();
@@ -748,20 +742,24 @@ fn main() {
             mib(r.connected.anon),
             mib(r.after.anon),
         );
+        // Growth per 1,000 machines of one part of memory over `base`: connected, after the jobs.
+        let growth = |base: &Mem, part: fn(&Mem) -> u64| {
+            (
+                per_1000(part(&r.connected).saturating_sub(part(base))),
+                per_1000(part(&r.after).saturating_sub(part(base))),
+            )
+        };
+        let (rss_connected, rss_after) = growth(&r.idle, |m| m.rss);
         println!(
-            "  RSS growth over idle per 1,000 machines: {:.1} MiB connected, {:.1} MiB after the jobs (goal <= 10 MB = 9.5 MiB)",
-            per_1000(r.connected.rss.saturating_sub(r.idle.rss)),
-            per_1000(r.after.rss.saturating_sub(r.idle.rss)),
+            "  RSS growth over idle per 1,000 machines: {rss_connected:.1} MiB connected, {rss_after:.1} MiB after the jobs (goal <= 10 MB = 9.5 MiB)",
         );
+        let (anon_connected, anon_after) = growth(&r.idle, |m| m.anon);
         println!(
-            "    of which anonymous (heap and stacks): {:.1} MiB connected, {:.1} MiB after the jobs; the rest is the binary's code paged in as new paths first run (file-backed, shared, bounded by the binary's size)",
-            per_1000(r.connected.anon.saturating_sub(r.idle.anon)),
-            per_1000(r.after.anon.saturating_sub(r.idle.anon)),
+            "    of which anonymous (heap and stacks): {anon_connected:.1} MiB connected, {anon_after:.1} MiB after the jobs; the rest is the binary's code paged in as new paths first run (file-backed, shared, bounded by the binary's size)",
         );
+        let (cold_connected, cold_after) = growth(&r.cold, |m| m.rss);
         println!(
-            "    over the coordinator as started, before the warm-up: RSS {:.1} MiB connected, {:.1} MiB after the jobs",
-            per_1000(r.connected.rss.saturating_sub(r.cold.rss)),
-            per_1000(r.after.rss.saturating_sub(r.cold.rss)),
+            "    over the coordinator as started, before the warm-up: RSS {cold_connected:.1} MiB connected, {cold_after:.1} MiB after the jobs",
         );
         println!(
             "  added per 1,000 machines from {} to {} connected: RSS {:.1} MiB, anonymous {:.1} MiB",

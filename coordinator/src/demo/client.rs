@@ -2,7 +2,7 @@
 //! bearer tokens, JSON bodies, multipart uploads (reqwest's own form encoding).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use reqwest::{Method, StatusCode};
@@ -232,8 +232,11 @@ impl<'a> Changes<'a> {
     }
 
     /// After a read that did not find what it awaits: returns at the next change, or after
-    /// `wait` at most.
-    pub async fn wait(&mut self, wait: Duration) -> anyhow::Result<()> {
+    /// `at_most`, or at `deadline`, whichever comes first.
+    pub async fn wait(&mut self, deadline: Instant, at_most: Duration) -> anyhow::Result<()> {
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .min(at_most);
         self.seen = Some(self.api.changes(self.token, self.seen, wait).await?);
         Ok(())
     }

@@ -495,13 +495,7 @@ impl Ctx<'_> {
                 );
             }
             // An agent's presence and its machines' states are writes the revision signals.
-            changes
-                .wait(
-                    deadline
-                        .saturating_duration_since(Instant::now())
-                        .min(LONGEST_WAIT),
-                )
-                .await?;
+            changes.wait(deadline, LONGEST_WAIT).await?;
         }
     }
 
@@ -730,13 +724,7 @@ impl Ctx<'_> {
             }
             // Jobs' moves and progress, machines' states: writes the revision signals. The
             // one thing due without a write is a confirmation given again.
-            changes
-                .wait(
-                    deadline
-                        .saturating_duration_since(Instant::now())
-                        .min(CONFIRM_AGAIN),
-                )
-                .await?;
+            changes.wait(deadline, CONFIRM_AGAIN).await?;
         }
         display.finish();
 

@@ -708,7 +708,7 @@ impl Store {
     /// Assigns a queued job to a machine under a new epoch and queues the `assign` command
     /// built by `command`, in one transaction, **without** checking that the machine can
     /// start it now (agent online, `ready`, confirmed by a person): the outbox will send the
-    /// command all the same. For tests and tools that set up a state; the dispatcher places
+    /// command all the same. For tests that set up a state; the dispatcher places
     /// through [`Store::place_job`], which checks.
     pub async fn assign_job_unchecked(
         &self,
